@@ -1,0 +1,334 @@
+"""LIBERO as a gymnasium env: one instance per (suite, task), reused across episodes.
+
+Observations are the harness' standard ones, so every policy reads the same keys:
+
+- `image_primary`: the third-person `agentview` camera, (H, W, 3) uint8, **upright**;
+- `image_wrist`: the `robot0_eye_in_hand` camera, (H, W, 3) uint8, upright;
+- `proprio`: (8,) float32 = end-effector position (3) + axis-angle (3) + gripper qpos (2);
+- `language_instruction`: the task's instruction.
+
+robosuite renders in OpenGL convention, so LIBERO frames come out upside down. Like OpenVLA,
+openpi and LeRobot we rotate by 180° (`img[::-1, ::-1]`), which is what their RLDS/LeRobot
+training data holds. LIBERO's own HDF5 demos keep the raw orientation; a policy trained on raw
+frames must undo this rotation with its key map, never by editing this env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from evalharness.envs.rotations import quat2axisangle
+
+# Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
+# is the only backend that works on clusters without a display.
+os.environ.setdefault("MUJOCO_GL", "egl")
+if os.environ["MUJOCO_GL"] == "egl":
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+SUITES: tuple[str, ...] = (
+    "libero_spatial",
+    "libero_object",
+    "libero_goal",
+    "libero_10",
+    "libero_90",
+)
+
+ACTION_DIM = 7
+PROPRIO_DIM = 8
+CAMERAS = {"image_primary": "agentview", "image_wrist": "robot0_eye_in_hand"}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One LIBERO task: where it lives in its suite and what the policy is told."""
+
+    suite: str
+    task_id: int
+    name: str
+    instruction: str
+    bddl_file: str
+    num_init_states: int
+
+
+class UnknownTaskError(ValueError):
+    """A suite name or task id that LIBERO does not have."""
+
+
+def _quiet_libero() -> None:
+    # robosuite logs a macro-file warning on every import and LIBERO prints the task order on
+    # every benchmark lookup; in 8 worker processes that drowns the progress bar. The logger
+    # must be configured before robosuite is first imported.
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+
+
+_quiet_libero()
+
+
+@lru_cache(maxsize=None)
+def _benchmark(suite: str) -> Any:
+    _quiet_libero()
+    with contextlib.redirect_stdout(io.StringIO()):
+        from libero.libero import benchmark
+
+        _quiet_libero()
+        if suite not in SUITES:
+            raise UnknownTaskError(
+                f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}"
+            )
+        return benchmark.get_benchmark(suite)(task_order_index=0)
+
+
+def _bddl_root() -> Path:
+    from libero.libero import get_libero_path
+
+    return Path(get_libero_path("bddl_files"))
+
+
+@lru_cache(maxsize=None)
+def list_tasks(suite: str) -> tuple[TaskInfo, ...]:
+    """Every task of `suite` in LIBERO's official order (task order index 0)."""
+    bench = _benchmark(suite)
+    root = _bddl_root()
+    tasks = []
+    for task_id in range(bench.n_tasks):
+        task = bench.get_task(task_id)
+        tasks.append(
+            TaskInfo(
+                suite=suite,
+                task_id=task_id,
+                name=task.name,
+                instruction=task.language,
+                bddl_file=str(root / task.problem_folder / task.bddl_file),
+                num_init_states=len(bench.get_task_init_states(task_id)),
+            )
+        )
+    return tuple(tasks)
+
+
+def get_task(suite: str, task_id: int) -> TaskInfo:
+    """The task `task_id` of `suite`, with an error that names the valid range."""
+    tasks = list_tasks(suite)
+    if not 0 <= task_id < len(tasks):
+        raise UnknownTaskError(
+            f"{suite} has tasks 0..{len(tasks) - 1}; task id {task_id} does not exist"
+        )
+    return tasks[task_id]
+
+
+def init_states(suite: str, task_id: int) -> np.ndarray:
+    """The official init states of a task, (num_init_states, state_dim) float64."""
+    get_task(suite, task_id)
+    return np.asarray(_benchmark(suite).get_task_init_states(task_id))
+
+
+def upright(image: np.ndarray) -> np.ndarray:
+    """Rotate a raw robosuite frame by 180°, the OpenVLA/openpi/LeRobot convention."""
+    return np.ascontiguousarray(image[::-1, ::-1])
+
+
+def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"camera size must be positive, got {size}")
+    return h, w
+
+
+class LiberoEnv(gym.Env):
+    """One LIBERO task as a gymnasium env, built once and reused across episodes.
+
+    `reset(seed=s, options={"init_state_index": i})` seeds LIBERO's NumPy RNG (it decides the
+    placement of fixtures the flat sim state does not hold), soft-resets the simulator (no XML
+    rebuild), loads official init state `i`, then runs `num_steps_wait` warm-up steps of
+    `wait_action` that do not count towards `max_steps`. `terminated` is LIBERO's own success
+    check; `truncated` fires at `max_steps`. robosuite's internal horizon is disabled, so the
+    "executing action in terminated episode" error cannot happen.
+
+    >>> env = LiberoEnv("libero_spatial", 0, camera_size=128, max_steps=220)
+    >>> obs, info = env.reset(seed=7, options={"init_state_index": 0})
+    >>> obs["image_primary"].shape, obs["proprio"].shape
+    ((128, 128, 3), (8,))
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        suite: str,
+        task_id: int,
+        *,
+        camera_size: int | tuple[int, int] = 128,
+        max_steps: int = 600,
+        num_steps_wait: int = 0,
+        wait_action: np.ndarray | tuple[float, ...] | None = None,
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        self.task = get_task(suite, task_id)
+        if max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {max_steps}")
+        if num_steps_wait < 0:
+            raise ValueError(f"num_steps_wait must be >= 0, got {num_steps_wait}")
+        self.camera_hw = _as_hw(camera_size)
+        self.max_steps = int(max_steps)
+        self.num_steps_wait = int(num_steps_wait)
+        self.wait_action = (
+            np.zeros(ACTION_DIM) if wait_action is None else np.asarray(wait_action, float)
+        )
+        if self.wait_action.shape != (ACTION_DIM,):
+            raise ValueError(
+                f"wait_action must have shape ({ACTION_DIM},), got {self.wait_action.shape}"
+            )
+        self.render_mode = render_mode
+        self._init_states = init_states(suite, task_id)
+
+        h, w = self.camera_hw
+        image = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.observation_space = spaces.Dict(
+            {
+                "image_primary": image,
+                "image_wrist": image,
+                "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+                "language_instruction": spaces.Text(max_length=1024),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        self._env = self._build()
+        self._steps = 0
+        self._episode_over = True
+        self._last_raw: dict[str, np.ndarray] = {}
+        self._last_obs: dict[str, Any] = {}
+
+    def _build(self) -> Any:
+        _quiet_libero()
+        from libero.libero.envs import OffScreenRenderEnv
+
+        h, w = self.camera_hw
+        return OffScreenRenderEnv(
+            bddl_file_name=self.task.bddl_file,
+            camera_heights=h,
+            camera_widths=w,
+            # Soft reset keeps the compiled model and render context; set_init_state then
+            # overwrites the whole sim state, so rebuilding per episode would be wasted work.
+            hard_reset=False,
+            ignore_done=True,
+            horizon=self.num_steps_wait + self.max_steps + 1,
+        )
+
+    @property
+    def num_init_states(self) -> int:
+        return len(self._init_states)
+
+    @property
+    def raw_observation(self) -> dict[str, np.ndarray]:
+        """The last observation as robosuite produced it (frames still upside down)."""
+        return self._last_raw
+
+    @property
+    def sim(self) -> Any:
+        return self._env.sim
+
+    def get_sim_state(self) -> np.ndarray:
+        """The flattened MuJoCo state, as stored in LIBERO's init states and demos."""
+        return np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
+
+    def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
+        # robosuite hands out views of its render buffer; copy before the next render reuses it.
+        self._last_raw = {k: np.array(v, copy=True) for k, v in raw.items()}
+        proprio = np.concatenate(
+            [
+                np.asarray(raw["robot0_eef_pos"], dtype=np.float64),
+                quat2axisangle(np.asarray(raw["robot0_eef_quat"])),
+                np.asarray(raw["robot0_gripper_qpos"], dtype=np.float64),
+            ]
+        ).astype(np.float32)
+        obs: dict[str, Any] = {
+            key: upright(self._last_raw[f"{camera}_image"]) for key, camera in CAMERAS.items()
+        }
+        obs["proprio"] = proprio
+        obs["language_instruction"] = self.task.instruction
+        self._last_obs = obs
+        return obs
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {
+            "success": success,
+            "episode_steps": self._steps,
+            "task_id": self.task.task_id,
+            "suite": self.task.suite,
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        if "init_state_index" in options:
+            index = int(options["init_state_index"])
+        else:
+            index = int(self.np_random.integers(self.num_init_states))
+        if not 0 <= index < self.num_init_states:
+            raise ValueError(
+                f"{self.task.suite} task {self.task.task_id} has init states "
+                f"0..{self.num_init_states - 1}; init_state_index {index} does not exist"
+            )
+        if seed is not None:
+            self._env.seed(seed)
+        self._env.reset()
+        raw = self._env.set_init_state(self._init_states[index])
+        for _ in range(self.num_steps_wait):
+            raw, _, _, _ = self._env.step(self.wait_action)
+        self._steps = 0
+        self._episode_over = False
+        success = bool(self._env.check_success())
+        info = self._info(success)
+        info["init_state_index"] = index
+        return self._observation(raw), info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self._episode_over:
+            raise RuntimeError(
+                "step() called on a finished episode (terminated or truncated); call reset() first"
+            )
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(
+                f"LIBERO expects one action of shape ({ACTION_DIM},) "
+                f"(delta eef pos 3, delta axis-angle 3, gripper), got shape {action.shape}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"LIBERO action contains NaN or inf: {action}")
+        raw, reward, done, _ = self._env.step(action)
+        self._steps += 1
+        # LIBERO overrides robosuite's done with its own goal check: done == success.
+        success = bool(done)
+        terminated = success
+        truncated = not terminated and self._steps >= self.max_steps
+        self._episode_over = terminated or truncated
+        return self._observation(raw), float(reward), terminated, truncated, self._info(success)
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        if self.render_mode != "rgb_array" or not self._last_obs:
+            return None
+        return np.asarray(self._last_obs["image_primary"])
+
+    def close(self) -> None:
+        env = getattr(self, "_env", None)
+        if env is not None:
+            with contextlib.suppress(Exception):
+                env.close()
+            self._env = None

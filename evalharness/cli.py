@@ -1,0 +1,203 @@
+"""`evalharness` command line: run, suites, protocols, summarize."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_OUT = "results"
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="evaluate a policy on a LIBERO suite",
+        description=(
+            "Roll a policy out on a LIBERO suite with batched worker envs and write "
+            "episodes.csv, summary.csv and run.json. Every protocol field can be overridden; "
+            "the resolved values are recorded."
+        ),
+        epilog=(
+            "example: evalharness run --suite libero_spatial --policy zero --tasks 0,1 "
+            "--episodes-per-task 2"
+        ),
+    )
+    p.add_argument("--suite", required=True, help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90")
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="NAME[:PATH][?key=value&...], e.g. zero, random, octo_jax:/path/to/ckpt",
+    )
+    p.add_argument("--protocol", default="openvla", help="preset: openvla (default), libero, lerobot")
+    p.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
+    p.add_argument("--episodes-per-task", type=int, default=None, help="override the protocol's count")
+    p.add_argument("--max-steps", type=int, default=None, help="step limit for every suite (wait steps not counted)")
+    p.add_argument("--num-steps-wait", type=int, default=None, help="no-op warm-up steps after reset")
+    p.add_argument(
+        "--wait-action",
+        default=None,
+        help="7 comma-separated numbers for the warm-up action, e.g. 0,0,0,0,0,0,-1",
+    )
+    p.add_argument("--camera-size", type=int, default=None, help="render size in pixels (square)")
+    p.add_argument("--seed", type=int, default=None, help="base seed; episode i uses seed+i")
+    p.add_argument(
+        "--num-envs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, one env each (default: number of cores)",
+    )
+    p.add_argument("--exec-horizon", type=int, default=None, help="actions executed per chunk")
+    p.add_argument(
+        "--temporal-ensemble",
+        type=float,
+        default=None,
+        metavar="EXP_WEIGHT",
+        help="ensemble overlapping chunks (ACT/Octo) with this exponential weight",
+    )
+    p.add_argument("--out", default=None, help=f"result directory (default: {DEFAULT_OUT}/<suite>-<policy>)")
+    p.add_argument("--video", type=int, default=0, metavar="N", help="save mp4s of the first N episodes per task")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def _wait_action(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --wait-action {text!r} must be 7 comma-separated numbers") from None
+    if len(values) != 7:
+        raise SystemExit(f"error: --wait-action needs 7 numbers, got {len(values)}: {text!r}")
+    return values
+
+
+def _default_out(suite: str, policy: str) -> Path:
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in policy.split("?")[0])
+    return Path(DEFAULT_OUT) / f"{suite}-{name.strip('_')}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evalharness.envs.libero import SUITES
+    from evalharness.policies import load_policy
+    from evalharness.protocols import get_protocol
+    from evalharness.runner import RunConfig, Runner, parse_task_ids
+
+    if args.suite not in SUITES:
+        raise SystemExit(f"error: unknown suite {args.suite!r}; known suites: {', '.join(SUITES)}")
+    protocol = get_protocol(args.protocol).with_overrides(
+        episodes_per_task=args.episodes_per_task,
+        max_steps=args.max_steps,
+        num_steps_wait=args.num_steps_wait,
+        wait_action=_wait_action(args.wait_action),
+        camera_size=args.camera_size,
+        seed=args.seed,
+    )
+    config = RunConfig(
+        suite=args.suite,
+        policy=args.policy,
+        out_dir=Path(args.out) if args.out else _default_out(args.suite, args.policy),
+        protocol=protocol,
+        task_ids=parse_task_ids(args.tasks) if args.tasks else None,
+        num_envs=args.num_envs,
+        video_episodes=args.video,
+        resume=args.resume,
+        exec_horizon=args.exec_horizon,
+        temporal_ensemble_weight=args.temporal_ensemble,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    config.tasks()  # validates task ids before any process starts
+    policy = load_policy(args.policy)
+    Runner(config, policy).run()
+    return 0
+
+
+def cmd_suites(args: argparse.Namespace) -> int:
+    from evalharness.envs.libero import SUITES, list_tasks
+    from evalharness.protocols import get_protocol
+
+    protocol = get_protocol(args.protocol)
+    suites = [args.suite] if args.suite else list(SUITES)
+    for suite in suites:
+        if suite not in SUITES:
+            raise SystemExit(f"error: unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+        tasks = list_tasks(suite)
+        limit = protocol.max_steps_for(suite)
+        print(f"{suite}: {len(tasks)} tasks, step limit {limit} (protocol {protocol.name})")
+        print(f"  {'id':>3}  {'init':>4}  {'limit':>5}  instruction  [name]")
+        for t in tasks:
+            print(f"  {t.task_id:>3}  {t.num_init_states:>4}  {limit:>5}  {t.instruction}  [{t.name}]")
+    return 0
+
+
+def cmd_protocols(args: argparse.Namespace) -> int:
+    from evalharness.protocols import PROTOCOLS
+
+    for p in PROTOCOLS.values():
+        steps = "/".join(str(v) for v in p.max_steps.values())
+        print(
+            f"{p.name:8}  episodes/task {p.episodes_per_task:>3}  max steps {steps}  "
+            f"wait {p.num_steps_wait} x {list(p.wait_action)}  {p.camera_size} px  seed {p.seed}"
+        )
+        print(f"          {p.notes}  [{p.source}]")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from evalharness.results import format_table, regenerate_summary
+
+    summary = regenerate_summary(args.run_dir)
+    print(format_table(summary))
+    print(f"wrote {Path(args.run_dir) / 'summary.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalharness",
+        description="Evaluate generalist robot policies on MuJoCo LIBERO suites.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(sub)
+    s = sub.add_parser(
+        "suites",
+        help="list suites and tasks",
+        description="List LIBERO suites and their tasks: id, init states, step limit, instruction, name.",
+    )
+    s.add_argument("--suite", default=None, help="only this suite")
+    s.add_argument("--protocol", default="openvla", help="protocol whose step limits to show")
+    sub.add_parser(
+        "protocols", help="list protocol presets", description="List protocol presets and their values."
+    )
+    m = sub.add_parser(
+        "summarize",
+        help="rebuild summary.csv from episodes.csv",
+        description="Recompute summary.csv (per task and suite, Wilson 95%% CI) from episodes.csv alone.",
+    )
+    m.add_argument("run_dir", help="a run directory holding episodes.csv")
+    return parser
+
+
+COMMANDS = {"run": cmd_run, "suites": cmd_suites, "protocols": cmd_protocols, "summarize": cmd_summarize}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from evalharness.policies import PolicyStringError
+    from evalharness.runner import RunError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished episodes are in episodes.csv; rerun with --resume", file=sys.stderr)
+        return 130
+    except (RunError, PolicyStringError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

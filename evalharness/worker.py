@@ -1,0 +1,181 @@
+"""One env per worker process, driven over a pipe by the runner.
+
+The env (and its EGL render context) is built lazily *inside* the worker: a context created
+before a fork is invalid in the child (EGL_BAD_CONTEXT), so workers are spawned and build
+their env on the first episode. A worker keeps its env across episodes of the same task and
+rebuilds only when it is handed another task.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything a worker needs to build its wrapped env; plain data, picklable."""
+
+    suite: str
+    camera_size: int
+    max_steps: int
+    num_steps_wait: int
+    wait_action: tuple[float, ...]
+    window_size: int = 1
+    action_horizon: int = 1
+    exec_horizon: int = 1
+    temporal_ensemble_weight: float | None = None
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    video_dir: str | None = None
+    video_fps: int = 20
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One scheduled rollout: which task, which official init state, which seed."""
+
+    suite: str
+    task_id: int
+    episode_index: int
+    init_state_index: int
+    seed: int
+    record_video: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.suite, self.task_id, self.episode_index)
+
+
+class FrameRecorder(gym.Wrapper):
+    """Keeps every upright `image_primary` frame of the episode (for videos), reset included."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.enabled = False
+        self.frames: list[np.ndarray] = []
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self.frames = [obs["image_primary"]] if self.enabled else []
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.enabled:
+            self.frames.append(obs["image_primary"])
+        return obs, reward, terminated, truncated, info
+
+
+def video_filename(episode: Episode, instruction: str, success: bool) -> str:
+    """`task03_ep007_success_put_the_bowl_on_the_plate.mp4`: findable by eye and by glob."""
+    slug = re.sub(r"[^a-z0-9]+", "_", instruction.lower()).strip("_")[:80]
+    outcome = "success" if success else "failure"
+    return f"task{episode.task_id:02d}_ep{episode.episode_index:03d}_{outcome}_{slug}.mp4"
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # macro_block_size=1 keeps odd render sizes instead of silently rescaling them.
+    imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1)  # type: ignore[arg-type]
+
+
+class EpisodeEnv:
+    """The wrapped env of one worker: LiberoEnv -> frames -> resize -> history -> chunking."""
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.task_id: int | None = None
+        self.env: gym.Env | None = None
+        self.recorder: FrameRecorder | None = None
+        self.episode: Episode | None = None
+
+    def _build(self, task_id: int) -> None:
+        from evalharness.envs.libero import LiberoEnv
+        from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
+
+        self.close()
+        c = self.config
+        base = LiberoEnv(
+            c.suite,
+            task_id,
+            camera_size=c.camera_size,
+            max_steps=c.max_steps,
+            num_steps_wait=c.num_steps_wait,
+            wait_action=c.wait_action,
+        )
+        self.recorder = FrameRecorder(base)
+        env: gym.Env = self.recorder
+        if c.image_sizes:
+            env = ResizeImage(env, dict(c.image_sizes))
+        env = History(env, c.window_size)
+        if c.temporal_ensemble_weight is not None:
+            env = TemporalEnsemble(env, c.action_horizon, c.temporal_ensemble_weight)
+        else:
+            env = ActionChunk(env, c.exec_horizon)
+        self.env = env
+        self.task_id = task_id
+
+    def reset(self, episode: Episode) -> tuple[dict[str, Any], dict[str, Any]]:
+        if episode.suite != self.config.suite:
+            raise ValueError(f"worker built for {self.config.suite} got an episode of {episode.suite}")
+        if self.env is None or self.task_id != episode.task_id:
+            self._build(episode.task_id)
+        assert self.env is not None and self.recorder is not None
+        self.recorder.enabled = episode.record_video and self.config.video_dir is not None
+        self.episode = episode
+        return self.env.reset(seed=episode.seed, options={"init_state_index": episode.init_state_index})
+
+    def step(self, chunk: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        assert self.env is not None and self.recorder is not None and self.episode is not None
+        obs, reward, terminated, truncated, info = self.env.step(chunk)
+        if (terminated or truncated) and self.recorder.enabled and self.config.video_dir:
+            name = video_filename(self.episode, obs["language_instruction"], bool(info["success"]))
+            path = Path(self.config.video_dir) / name
+            write_video(path, self.recorder.frames, self.config.video_fps)
+            info["video"] = str(path)
+            self.recorder.frames = []
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env = None
+        self.task_id = None
+
+
+def worker_main(conn: Connection, config: EnvConfig) -> None:
+    """Serve reset/step/close requests until told to stop or the pipe closes."""
+    # Ctrl-C goes to the whole process group; only the runner decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    env = EpisodeEnv(config)
+    try:
+        while True:
+            try:
+                command, payload = conn.recv()
+            except EOFError:
+                break
+            try:
+                if command == "reset":
+                    conn.send(("ok", env.reset(payload)))
+                elif command == "step":
+                    conn.send(("ok", env.step(payload)))
+                elif command == "close":
+                    conn.send(("ok", None))
+                    break
+                else:
+                    conn.send(("error", (f"unknown command {command!r}", "")))
+            except Exception as exc:  # reported to the runner, which decides what to do
+                conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+    finally:
+        env.close()
+        conn.close()

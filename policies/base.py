@@ -1,0 +1,113 @@
+"""The policy contract every family implements: a `spec` and a batched `act()`.
+
+A policy sees a batch of *windowed* standard observations and returns action chunks in the
+environment's action space (unnormalized, gripper convention already converted):
+
+    obs["image_primary"]      (B, window, H, W, 3) uint8, upright
+    obs["image_wrist"]        (B, window, H, W, 3) uint8
+    obs["proprio"]            (B, window, 8) float32
+    obs["timestep_pad_mask"]  (B, window) bool, False for slots padded at episode start
+    tasks["language_instruction"]  list of B str
+    tasks["episode_seed"]     (B,) int64: one seed per episode, so stochastic policies sample
+                              the same actions whatever else shares the batch
+    ->  actions (B, action_horizon, action_dim) float
+
+Which wrappers the runner puts in front of a policy (image size, history window, chunk
+execution or temporal ensembling) is read from its `spec`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy expects from the env and what it returns.
+
+    `image_sizes` maps a standard image key to the (height, width) the model was trained on;
+    keys absent from it are passed at the env's render size. `exec_horizon` is how many actions
+    of each chunk to execute before querying again (receding horizon); None means the whole
+    chunk. `temporal_ensemble_weight`, when set, replaces chunk execution with ACT/Octo-style
+    ensembling of overlapping predictions (one action executed per query).
+    """
+
+    name: str
+    window_size: int = 1
+    action_horizon: int = 1
+    action_dim: int = 7
+    image_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    needs_language: bool = False
+    needs_goal_image: bool = False
+    exec_horizon: int | None = None
+    temporal_ensemble_weight: float | None = None
+    dataset_statistics: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("window_size", "action_horizon", "action_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PolicySpec.{name} must be an int >= 1, got {value!r}")
+        if self.exec_horizon is not None and not 1 <= self.exec_horizon <= self.action_horizon:
+            raise ValueError(
+                f"PolicySpec.exec_horizon must be in 1..action_horizon ({self.action_horizon}), "
+                f"got {self.exec_horizon}"
+            )
+        for key, size in self.image_sizes.items():
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"PolicySpec.image_sizes[{key!r}] must be (h, w) > 0, got {size}")
+
+    @property
+    def resolved_exec_horizon(self) -> int:
+        return self.action_horizon if self.exec_horizon is None else self.exec_horizon
+
+
+class Policy(abc.ABC):
+    """Base class of every policy adapter. Subclasses set `spec` and implement `act`."""
+
+    spec: PolicySpec
+    #: What was loaded, recorded in episodes.csv and run.json ("" for built-ins).
+    checkpoint: str = ""
+
+    def reset(self, batch_size: int) -> None:  # noqa: B027 - stateless policies need nothing
+        """Forget any internal state before a new set of episodes."""
+
+    @abc.abstractmethod
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        """Action chunks (B, action_horizon, action_dim) for a batch of windowed observations."""
+
+
+class PolicyOutputError(RuntimeError):
+    """A policy returned something the environment cannot execute."""
+
+
+def check_actions(policy: Policy, actions: Any, batch_size: int) -> np.ndarray:
+    """Validate `act()`'s output against the policy's spec, with an error that teaches."""
+    spec = policy.spec
+    expected = (batch_size, spec.action_horizon, spec.action_dim)
+    try:
+        array = np.asarray(actions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PolicyOutputError(
+            f"policy {spec.name!r} returned {type(actions).__name__}, which is not a numeric "
+            f"array; expected shape {expected} (batch, action_horizon, action_dim)"
+        ) from exc
+    if array.shape != expected:
+        raise PolicyOutputError(
+            f"policy {spec.name!r} returned actions of shape {array.shape}; expected {expected} "
+            "(batch, action_horizon, action_dim) as declared by its spec"
+        )
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise PolicyOutputError(
+            f"policy {spec.name!r} returned a non-finite action at index {bad}: "
+            f"{array[tuple(bad)]}"
+        )
+    return array

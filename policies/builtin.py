@@ -1,0 +1,86 @@
+"""Built-in policies that need no model, so the whole harness runs without one.
+
+- `zero`: every action is zeros (hold still, gripper command 0). A floor for any task.
+- `random`: uniform actions in [-1, 1], drawn from each episode's own seed.
+
+Both accept `?action_horizon=H` (chunks of H actions) and `exec_horizon=K`, which exercise
+the chunking path of the runner without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.registry import register_policy
+
+
+def _int_option(options: Mapping[str, str], key: str, default: int, policy: str) -> int:
+    if key not in options:
+        return default
+    try:
+        return int(options[key])
+    except ValueError:
+        raise ValueError(
+            f"policy {policy!r}: option {key}={options[key]!r} must be an integer"
+        ) from None
+
+
+def _spec(name: str, path: str | None, options: Mapping[str, str]) -> PolicySpec:
+    if path is not None:
+        raise ValueError(f"policy {name!r} takes no checkpoint path, got {path!r}")
+    unknown = set(options) - {"action_horizon", "exec_horizon"}
+    if unknown:
+        raise ValueError(
+            f"policy {name!r} has no option(s) {sorted(unknown)}; known: action_horizon, exec_horizon"
+        )
+    horizon = _int_option(options, "action_horizon", 1, name)
+    exec_horizon = _int_option(options, "exec_horizon", horizon, name)
+    return PolicySpec(name=name, action_horizon=horizon, exec_horizon=exec_horizon)
+
+
+class ZeroPolicy(Policy):
+    """Always outputs zeros: the robot holds still."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        self.spec = spec
+
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        batch = len(tasks["language_instruction"])
+        return np.zeros((batch, self.spec.action_horizon, self.spec.action_dim))
+
+
+class RandomPolicy(Policy):
+    """Uniform actions in [-1, 1]; each episode draws from a generator seeded by its own seed."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        self.spec = spec
+        self._rngs: dict[int, np.random.Generator] = {}
+
+    def reset(self, batch_size: int) -> None:
+        self._rngs.clear()
+
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        shape = (self.spec.action_horizon, self.spec.action_dim)
+        chunks = []
+        for seed in np.asarray(tasks["episode_seed"], dtype=np.int64).tolist():
+            rng = self._rngs.setdefault(seed, np.random.default_rng(seed))
+            chunks.append(rng.uniform(-1.0, 1.0, size=shape))
+        return np.stack(chunks)
+
+
+@register_policy("zero")
+def make_zero(path: str | None = None, **options: str) -> Policy:
+    return ZeroPolicy(_spec("zero", path, options))
+
+
+@register_policy("random")
+def make_random(path: str | None = None, **options: str) -> Policy:
+    return RandomPolicy(_spec("random", path, options))
