@@ -287,6 +287,7 @@ class LiberoEnv(gym.Env):
         if seed is not None:
             self._env.seed(seed)
         self._env.reset()
+        self._reset_gripper_command()
         raw = self._env.set_init_state(self._init_states[index])
         for _ in range(self.num_steps_wait):
             raw, _, _, _ = self._env.step(self.wait_action)
@@ -296,6 +297,16 @@ class LiberoEnv(gym.Env):
         info = self._info(success)
         info["init_state_index"] = index
         return self._observation(raw), info
+
+    def _reset_gripper_command(self) -> None:
+        # robosuite grippers integrate their command across steps (`current_action`) and a soft
+        # reset keeps it, so without this an episode's first steps depend on how the previous
+        # episode on the same env left the gripper. A hard reset rebuilds the gripper model
+        # with a zero command; restore exactly that.
+        for robot in self._env.env.robots:
+            gripper = getattr(robot, "gripper", None)
+            if gripper is not None and hasattr(gripper, "current_action"):
+                gripper.current_action = np.zeros_like(gripper.current_action)
 
     def step(
         self, action: np.ndarray

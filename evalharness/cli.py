@@ -69,9 +69,9 @@ def _wait_action(text: str | None) -> tuple[float, ...] | None:
     try:
         values = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise SystemExit(f"error: --wait-action {text!r} must be 7 comma-separated numbers") from None
+        raise ValueError(f"--wait-action {text!r} must be 7 comma-separated numbers") from None
     if len(values) != 7:
-        raise SystemExit(f"error: --wait-action needs 7 numbers, got {len(values)}: {text!r}")
+        raise ValueError(f"--wait-action needs 7 numbers, got {len(values)}: {text!r}")
     return values
 
 
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evalharness.runner import RunConfig, Runner, parse_task_ids
 
     if args.suite not in SUITES:
-        raise SystemExit(f"error: unknown suite {args.suite!r}; known suites: {', '.join(SUITES)}")
+        raise ValueError(f"unknown suite {args.suite!r}; known suites: {', '.join(SUITES)}")
     protocol = get_protocol(args.protocol).with_overrides(
         episodes_per_task=args.episodes_per_task,
         max_steps=args.max_steps,
@@ -123,7 +123,7 @@ def cmd_suites(args: argparse.Namespace) -> int:
     suites = [args.suite] if args.suite else list(SUITES)
     for suite in suites:
         if suite not in SUITES:
-            raise SystemExit(f"error: unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+            raise ValueError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
         tasks = list_tasks(suite)
         limit = protocol.max_steps_for(suite)
         print(f"{suite}: {len(tasks)} tasks, step limit {limit} (protocol {protocol.name})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -235,12 +236,14 @@ class Runner:
 
     # -- run.json -------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        return {
+        identity = {
             "suite": self.config.suite,
             "policy": self.config.policy,
             "protocol": self.config.protocol.to_dict(),
             "env": dataclasses.asdict(self.env_config) | {"video_dir": None},
         }
+        # Compared against what run.json holds, so normalize through JSON (tuples -> lists).
+        return dict(json.loads(json.dumps(identity, default=str)))
 
     def _check_resume(self) -> None:
         run_json = self.out / RUN_JSON
@@ -254,8 +257,6 @@ class Runner:
             return
         if not run_json.exists():
             return
-        import json
-
         previous = json.loads(run_json.read_text())
         mine = self._identity()
         differing = [f for f in IDENTITY_FIELDS if previous.get(f) != mine[f]]
