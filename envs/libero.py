@@ -20,15 +20,14 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
-
 from evalharness.envs.rotations import quat2axisangle
+from gymnasium import spaces
 
 # Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
 # is the only backend that works on clusters without a display.
@@ -75,7 +74,7 @@ def _quiet_libero() -> None:
 _quiet_libero()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _benchmark(suite: str) -> Any:
     _quiet_libero()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -95,7 +94,7 @@ def _bddl_root() -> Path:
     return Path(get_libero_path("bddl_files"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def list_tasks(suite: str) -> tuple[TaskInfo, ...]:
     """Every task of `suite` in LIBERO's official order (task order index 0)."""
     bench = _benchmark(suite)
@@ -162,7 +161,7 @@ class LiberoEnv(gym.Env):
     ((128, 128, 3), (8,))
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}  # noqa: RUF012
 
     def __init__(
         self,
@@ -308,9 +307,7 @@ class LiberoEnv(gym.Env):
             if gripper is not None and hasattr(gripper, "current_action"):
                 gripper.current_action = np.zeros_like(gripper.current_action)
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if self._episode_over:
             raise RuntimeError(
                 "step() called on a finished episode (terminated or truncated); call reset() first"
@@ -332,7 +329,7 @@ class LiberoEnv(gym.Env):
         self._episode_over = terminated or truncated
         return self._observation(raw), float(reward), terminated, truncated, self._info(success)
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or not self._last_obs:
             return None
         return np.asarray(self._last_obs["image_primary"])

@@ -20,7 +20,9 @@ def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     """
     q = np.asarray(quat, dtype=np.float64)
     if q.shape != (4,):
-        raise ValueError(f"quat2axisangle expects a (4,) quaternion (x, y, z, w), got shape {q.shape}")
+        raise ValueError(
+            f"quat2axisangle expects a (4,) quaternion (x, y, z, w), got shape {q.shape}"
+        )
     w = float(np.clip(q[3], -1.0, 1.0))
     den = np.sqrt(1.0 - w * w)
     if np.isclose(den, 0.0):

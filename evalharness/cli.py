@@ -25,17 +25,32 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
             "--episodes-per-task 2"
         ),
     )
-    p.add_argument("--suite", required=True, help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90")
+    p.add_argument(
+        "--suite",
+        required=True,
+        help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90",
+    )
     p.add_argument(
         "--policy",
         required=True,
         help="NAME[:PATH][?key=value&...], e.g. zero, random, octo_jax:/path/to/ckpt",
     )
-    p.add_argument("--protocol", default="openvla", help="preset: openvla (default), libero, lerobot")
+    p.add_argument(
+        "--protocol", default="openvla", help="preset: openvla (default), libero, lerobot"
+    )
     p.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
-    p.add_argument("--episodes-per-task", type=int, default=None, help="override the protocol's count")
-    p.add_argument("--max-steps", type=int, default=None, help="step limit for every suite (wait steps not counted)")
-    p.add_argument("--num-steps-wait", type=int, default=None, help="no-op warm-up steps after reset")
+    p.add_argument(
+        "--episodes-per-task", type=int, default=None, help="override the protocol's count"
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="step limit for every suite (wait steps not counted)",
+    )
+    p.add_argument(
+        "--num-steps-wait", type=int, default=None, help="no-op warm-up steps after reset"
+    )
     p.add_argument(
         "--wait-action",
         default=None,
@@ -57,8 +72,16 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         metavar="EXP_WEIGHT",
         help="ensemble overlapping chunks (ACT/Octo) with this exponential weight",
     )
-    p.add_argument("--out", default=None, help=f"result directory (default: {DEFAULT_OUT}/<suite>-<policy>)")
-    p.add_argument("--video", type=int, default=0, metavar="N", help="save mp4s of the first N episodes per task")
+    p.add_argument(
+        "--out", default=None, help=f"result directory (default: {DEFAULT_OUT}/<suite>-<policy>)"
+    )
+    p.add_argument(
+        "--video",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save mp4s of the first N episodes per task",
+    )
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
@@ -129,7 +152,9 @@ def cmd_suites(args: argparse.Namespace) -> int:
         print(f"{suite}: {len(tasks)} tasks, step limit {limit} (protocol {protocol.name})")
         print(f"  {'id':>3}  {'init':>4}  {'limit':>5}  instruction  [name]")
         for t in tasks:
-            print(f"  {t.task_id:>3}  {t.num_init_states:>4}  {limit:>5}  {t.instruction}  [{t.name}]")
+            print(
+                f"  {t.task_id:>3}  {t.num_init_states:>4}  {limit:>5}  {t.instruction}  [{t.name}]"
+            )
     return 0
 
 
@@ -170,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", default=None, help="only this suite")
     s.add_argument("--protocol", default="openvla", help="protocol whose step limits to show")
     sub.add_parser(
-        "protocols", help="list protocol presets", description="List protocol presets and their values."
+        "protocols",
+        help="list protocol presets",
+        description="List protocol presets and their values.",
     )
     m = sub.add_parser(
         "summarize",
@@ -181,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": cmd_run, "suites": cmd_suites, "protocols": cmd_protocols, "summarize": cmd_summarize}
+COMMANDS = {
+    "run": cmd_run,
+    "suites": cmd_suites,
+    "protocols": cmd_protocols,
+    "summarize": cmd_summarize,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: finished episodes are in episodes.csv; rerun with --resume", file=sys.stderr)
+        print(
+            "interrupted: finished episodes are in episodes.csv; rerun with --resume",
+            file=sys.stderr,
+        )
         return 130
     except (RunError, PolicyStringError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,7 +45,9 @@ class Protocol:
             )
         for suite, steps in self.max_steps.items():
             if steps < 1:
-                raise ValueError(f"protocol {self.name}: max_steps[{suite}] must be >= 1, got {steps}")
+                raise ValueError(
+                    f"protocol {self.name}: max_steps[{suite}] must be >= 1, got {steps}"
+                )
         if self.num_steps_wait < 0:
             raise ValueError(
                 f"protocol {self.name}: num_steps_wait must be >= 0, got {self.num_steps_wait}"
@@ -55,7 +57,9 @@ class Protocol:
                 f"protocol {self.name}: wait_action must have 7 values, got {list(self.wait_action)}"
             )
         if self.camera_size < 8:
-            raise ValueError(f"protocol {self.name}: camera_size must be >= 8, got {self.camera_size}")
+            raise ValueError(
+                f"protocol {self.name}: camera_size must be >= 8, got {self.camera_size}"
+            )
 
     def max_steps_for(self, suite: str) -> int:
         """The step limit of `suite` (warm-up steps not counted)."""
@@ -69,7 +73,12 @@ class Protocol:
     def with_overrides(self, **changes: Any) -> Protocol:
         """A copy with some fields replaced; `max_steps` may be one int for every suite."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        known = {f.name for f in dataclasses.fields(self)} - {"name", "overrides", "source", "notes"}
+        known = {f.name for f in dataclasses.fields(self)} - {
+            "name",
+            "overrides",
+            "source",
+            "notes",
+        }
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown protocol field(s) {sorted(unknown)}; known: {sorted(known)}")

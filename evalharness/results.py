@@ -457,7 +457,7 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
             _summary_row(
                 "task",
                 str(suite),
-                int(task_id),
+                int(task_id),  # type: ignore[call-overload]
                 _text(group["task_name"].iloc[0]),
                 _text(group["instruction"].iloc[0]),
                 group,

@@ -163,12 +163,16 @@ class WorkerPool:
 
     def __init__(self, n: int, config: EnvConfig) -> None:
         ctx = mp.get_context("spawn")
+        render_threads = max(1, (os.cpu_count() or 1) // n)
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for i in range(n):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=worker_main, args=(child, config), name=f"evalharness-env-{i}", daemon=True
+                target=worker_main,
+                args=(child, config, render_threads),
+                name=f"evalharness-env-{i}",
+                daemon=True,
             )
             proc.start()
             child.close()
@@ -335,7 +339,9 @@ class Runner:
             raise error
         return summary
 
-    def _finish(self, interrupted: BaseException | None, error: BaseException | None) -> pd.DataFrame:
+    def _finish(
+        self, interrupted: BaseException | None, error: BaseException | None
+    ) -> pd.DataFrame:
         episodes = read_episodes(self.out / EPISODES_CSV)
         summary = summarize(episodes)
         header = {"protocol": self.config.protocol.name} | {
@@ -350,10 +356,16 @@ class Runner:
             status = "failed"
             extra["error"] = f"{type(error).__name__}: {error}"
         self._write_run_json(
-            status, end_time=_now(), episodes_recorded=len(episodes), env_steps=self.env_steps, **extra
+            status,
+            end_time=_now(),
+            episodes_recorded=len(episodes),
+            env_steps=self.env_steps,
+            **extra,
         )
         if len(episodes):
-            title = f"{self.config.suite} · {self.config.policy} · protocol {self.config.protocol.name}"
+            title = (
+                f"{self.config.suite} · {self.config.policy} · protocol {self.config.protocol.name}"
+            )
             if status != "finished":
                 title += f" · {status.upper()} after {len(episodes)}/{len(self.episodes)} episodes"
             print(title)
@@ -471,7 +483,9 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="ep", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, unit="ep", file=sys.stderr, dynamic_ncols=True
+            )
 
     def episode_done(self, success: bool) -> None:
         self.finished += 1

@@ -127,13 +127,17 @@ class EpisodeEnv:
 
     def reset(self, episode: Episode) -> tuple[dict[str, Any], dict[str, Any]]:
         if episode.suite != self.config.suite:
-            raise ValueError(f"worker built for {self.config.suite} got an episode of {episode.suite}")
+            raise ValueError(
+                f"worker built for {self.config.suite} got an episode of {episode.suite}"
+            )
         if self.env is None or self.task_id != episode.task_id:
             self._build(episode.task_id)
         assert self.env is not None and self.recorder is not None
         self.recorder.enabled = episode.record_video and self.config.video_dir is not None
         self.episode = episode
-        return self.env.reset(seed=episode.seed, options={"init_state_index": episode.init_state_index})
+        return self.env.reset(
+            seed=episode.seed, options={"init_state_index": episode.init_state_index}
+        )
 
     def step(self, chunk: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         assert self.env is not None and self.recorder is not None and self.episode is not None
@@ -153,8 +157,17 @@ class EpisodeEnv:
         self.task_id = None
 
 
-def worker_main(conn: Connection, config: EnvConfig) -> None:
-    """Serve reset/step/close requests until told to stop or the pipe closes."""
+def worker_main(conn: Connection, config: EnvConfig, render_threads: int | None = None) -> None:
+    """Serve reset/step/close requests until told to stop or the pipe closes.
+
+    `render_threads` caps Mesa llvmpipe's rasterizer threads (LP_NUM_THREADS): by default each
+    software-rendering process starts one thread per core, and N workers on N cores then
+    fight over the cores instead of rendering side by side. A user's own setting wins.
+    """
+    import os
+
+    if render_threads is not None:
+        os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
     # Ctrl-C goes to the whole process group; only the runner decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     env = EpisodeEnv(config)

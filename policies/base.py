@@ -107,7 +107,6 @@ def check_actions(policy: Policy, actions: Any, batch_size: int) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
         raise PolicyOutputError(
-            f"policy {spec.name!r} returned a non-finite action at index {bad}: "
-            f"{array[tuple(bad)]}"
+            f"policy {spec.name!r} returned a non-finite action at index {bad}: {array[tuple(bad)]}"
         )
     return array

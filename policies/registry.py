@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from evalharness.policies.base import Policy
@@ -37,7 +38,7 @@ class PolicyRef:
         return text
 
 
-def register_policy(name: str, factory: PolicyFactory | str | None = None):  # type: ignore[no-untyped-def]
+def register_policy(name: str, factory: PolicyFactory | str | None = None) -> Any:
     """Register `factory(path, **options) -> Policy` under `name`.
 
     Use as a decorator, or pass "package.module:function" to register lazily.

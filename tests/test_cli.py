@@ -16,8 +16,19 @@ def test_every_subcommand_has_help(command: str | None, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "usage: evalharness" in out
     if command == "run":
-        for flag in ("--suite", "--policy", "--tasks", "--episodes-per-task", "--seed",
-                     "--max-steps", "--protocol", "--out", "--video", "--resume", "--num-envs"):
+        for flag in (
+            "--suite",
+            "--policy",
+            "--tasks",
+            "--episodes-per-task",
+            "--seed",
+            "--max-steps",
+            "--protocol",
+            "--out",
+            "--video",
+            "--resume",
+            "--num-envs",
+        ):
             assert flag in out  # fmt: skip
 
 
@@ -52,8 +63,10 @@ def test_protocols_lists_the_presets(capsys: pytest.CaptureFixture[str]) -> None
         (["run", "--suite", "libero_spatial", "--policy", "zero", "--tasks", "12"], "0..9"),
         (["run", "--suite", "libero_spatial", "--policy", "zero", "--protocol", "x"], "openvla"),
         (["run", "--suite", "libero_spatial", "--policy", "zero", "--wait-action", "0,1"], "7"),
-        (["run", "--suite", "libero_spatial", "--policy", "zero", "--episodes-per-task", "0"],
-         "episodes_per_task"),
+        (
+            ["run", "--suite", "libero_spatial", "--policy", "zero", "--episodes-per-task", "0"],
+            "episodes_per_task",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message_that_names_the_problem(

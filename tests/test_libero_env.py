@@ -124,7 +124,9 @@ def test_unknown_suite_error_lists_the_known_suites():
 
 @pytest.mark.parametrize("task_id", [10, -1])
 def test_bad_task_id_error_names_the_valid_range(task_id):
-    with pytest.raises(UnknownTaskError, match=rf"libero_spatial has tasks 0\.\.9; task id {task_id}"):
+    with pytest.raises(
+        UnknownTaskError, match=rf"libero_spatial has tasks 0\.\.9; task id {task_id}"
+    ):
         get_task("libero_spatial", task_id)
 
 
@@ -326,13 +328,9 @@ def test_same_seed_and_init_state_give_the_same_first_observation_on_reused_and_
 
 
 @pytest.mark.sim
-@pytest.mark.xfail(
-    strict=True,
-    reason="envs/libero.py reset(): a soft reset keeps robosuite's PandaGripper.current_action "
-    "(the integrated gripper command) from the previous episode, so the same seed, init "
-    "state and actions give different trajectories",
-)
 def test_an_episode_does_not_depend_on_how_the_previous_episode_ended(env):
+    # robosuite grippers integrate their command across steps and a soft reset keeps it; the
+    # env must clear it, or the same seed, init state and actions give different trajectories.
     def rollout_after(last_action: np.ndarray) -> list[np.ndarray]:
         reset(env, seed=0, index=0)
         env.step(last_action)
@@ -410,8 +408,6 @@ def test_a_bad_init_state_index_error_names_the_valid_range(env, index):
 def test_warm_up_steps_run_wait_action_and_are_not_counted(env, monkeypatch):
     # max_steps / num_steps_wait / wait_action are read at reset() and step() time, and the
     # simulator is built with ignore_done=True, so changing them on the shared env is safe.
-    # A zero wait action leaves the gripper command alone, so the comparison below does not
-    # depend on the previous episode (see the xfail test above).
     reset(env)
     for _ in range(2):
         manual, *_ = env.step(ZERO_ACTION)
