@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import os
+import string
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -199,7 +200,7 @@ class LiberoEnv(gym.Env):
                 "image_primary": image,
                 "image_wrist": image,
                 "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
-                "language_instruction": spaces.Text(max_length=1024),
+                "language_instruction": spaces.Text(max_length=1024, charset=string.printable),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -283,6 +284,7 @@ class LiberoEnv(gym.Env):
                 f"{self.task.suite} task {self.task.task_id} has init states "
                 f"0..{self.num_init_states - 1}; init_state_index {index} does not exist"
             )
+        self._make_context_current()
         if seed is not None:
             self._env.seed(seed)
         self._env.reset()
@@ -296,6 +298,14 @@ class LiberoEnv(gym.Env):
         info = self._info(success)
         info["init_state_index"] = index
         return self._observation(raw), info
+
+    def _make_context_current(self) -> None:
+        # robosuite renders into whichever EGL context is current; after another env in this
+        # process was built or closed that is not ours, and frames come out silently wrong.
+        render_context = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        gl_context = getattr(render_context, "gl_ctx", None)
+        if gl_context is not None:
+            gl_context.make_current()
 
     def _reset_gripper_command(self) -> None:
         # robosuite grippers integrate their command across steps (`current_action`) and a soft
@@ -320,6 +330,7 @@ class LiberoEnv(gym.Env):
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"LIBERO action contains NaN or inf: {action}")
+        self._make_context_current()
         raw, reward, done, _ = self._env.step(action)
         self._steps += 1
         # LIBERO overrides robosuite's done with its own goal check: done == success.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from evalharness.envs.libero import SUITES
@@ -39,6 +40,8 @@ class Protocol:
     overrides: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        # Read-only, so an overridden copy can never change the preset it came from.
+        object.__setattr__(self, "max_steps", MappingProxyType(dict(self.max_steps)))
         if self.episodes_per_task < 1:
             raise ValueError(
                 f"protocol {self.name}: episodes_per_task must be >= 1, got {self.episodes_per_task}"
@@ -93,7 +96,7 @@ class Protocol:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["max_steps"] = dict(self.max_steps)
         data["wait_action"] = list(self.wait_action)
         data["overrides"] = list(self.overrides)

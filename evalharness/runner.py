@@ -125,9 +125,19 @@ def schedule(config: RunConfig) -> list[Episode]:
                     init_state_index=i % task.num_init_states,
                     seed=config.protocol.seed + i,
                     record_video=i < config.video_episodes,
+                    policy_seed=policy_seed(config.protocol.seed, task.task_id, i),
                 )
             )
     return episodes
+
+
+def policy_seed(seed: int, task_id: int, episode_index: int) -> int:
+    """The seed a stochastic policy samples an episode's actions from.
+
+    Env seeds repeat across tasks (`seed + i`, as LeRobot does); policy streams must not, or
+    task 1's episode i would replay task 0's action noise.
+    """
+    return int(np.random.SeedSequence([seed, task_id, episode_index]).generate_state(1)[0])
 
 
 def env_config(config: RunConfig, policy: Policy) -> EnvConfig:
@@ -390,7 +400,9 @@ class Runner:
                 obs = _stack([a.obs for a in live_active])
                 tasks: dict[str, Any] = {
                     "language_instruction": [a.task.instruction for a in live_active],
-                    "episode_seed": np.array([a.episode.seed for a in live_active], dtype=np.int64),
+                    "episode_seed": np.array(
+                        [a.episode.policy_seed for a in live_active], dtype=np.int64
+                    ),
                 }
                 actions = check_actions(self.policy, self.policy.act(obs, tasks), len(live))
                 for j, slot in enumerate(live):

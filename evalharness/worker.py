@@ -48,6 +48,7 @@ class Episode:
     init_state_index: int
     seed: int
     record_video: bool = False
+    policy_seed: int = 0
 
     @property
     def key(self) -> tuple[str, int, int]:

@@ -69,7 +69,7 @@ def parse_policy_string(text: str) -> PolicyRef:
     body, _, query = text.partition("?")
     name, sep, path = body.partition(":")
     name = name.strip()
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
+    if not name or not (name.isascii() and name.replace("_", "").replace("-", "").isalnum()):
         raise PolicyStringError(
             f"malformed policy string {text!r}: the name {name!r} must be letters, digits, _ or -; "
             "expected NAME[:PATH][?key=value&...]"
@@ -85,6 +85,8 @@ def parse_policy_string(text: str) -> PolicyRef:
                 f"malformed options {query!r} in policy string {text!r}: expected key=value&key=value"
             ) from exc
         for key, value in pairs:
+            if not key:
+                raise PolicyStringError(f"empty option name in policy string {text!r}")
             if key in options:
                 raise PolicyStringError(f"option {key!r} given twice in policy string {text!r}")
             options[key] = value

@@ -99,7 +99,10 @@ def test_schedule_uses_init_state_i_and_seed_plus_i_per_task(tmp_path: Path) -> 
     # 50 official init states: episode 51 wraps to init state 1 but keeps its own seed.
     e51 = episodes[51]
     assert (e51.task_id, e51.episode_index, e51.init_state_index, e51.seed) == (4, 51, 1, 58)
-    assert episodes[52].task_id == 1
+    assert episodes[52].task_id == 1 and episodes[52].seed == 7
+    # Env seeds repeat across tasks; the policy's sampling streams must not.
+    policy_seeds = {e.policy_seed for e in episodes}
+    assert len(policy_seeds) == len(episodes)
     assert [e.record_video for e in episodes[:3]] == [True, True, False]
 
 
