@@ -27,8 +27,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from evalharness.envs.rotations import quat2axisangle
 from gymnasium import spaces
+
+from evalharness.envs.rotations import quat2axisangle
 
 # Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
 # is the only backend that works on clusters without a display.

@@ -247,6 +247,8 @@ class Runner:
         self.episodes = schedule(config)
         self.run_info: dict[str, Any] = {}
         self.env_steps = 0
+        #: monotonic times: loop start, first batched act() (all initial envs built), end.
+        self.timing: dict[str, float] = {}
 
     # -- run.json -------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -388,12 +390,14 @@ class Runner:
             return
         n = min(self.config.num_envs, len(pending))
         progress = _Progress(len(self.episodes), done_count, enabled=self.config.progress)
+        self.timing["start"] = time.monotonic()
         pool = WorkerPool(n, self.env_config)
         try:
             self.policy.reset(n)
             active: list[_Active | None] = [None] * n
             built: list[int | None] = [None] * n
             self._assign(pool, active, built, pending, range(n))
+            self.timing["first_step"] = time.monotonic()
             while any(a is not None for a in active):
                 live = [i for i, a in enumerate(active) if a is not None]
                 live_active = [a for a in active if a is not None]
@@ -427,6 +431,7 @@ class Runner:
                 if freed:
                     self._assign(pool, active, built, pending, freed)
         finally:
+            self.timing["end"] = time.monotonic()
             progress.close()
             pool.close()
 

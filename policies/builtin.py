@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from evalharness.policies.base import Policy, PolicySpec
 from evalharness.policies.registry import register_policy
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gymnasium import spaces
+
 from evalharness.envs.libero import (
     SUITES,
     LiberoEnv,
@@ -27,7 +29,6 @@ from evalharness.envs.libero import (
     upright,
 )
 from evalharness.envs.rotations import quat2axisangle
-from gymnasium import spaces
 
 SUITE = "libero_spatial"
 TASK_ID = 0

@@ -10,8 +10,8 @@ import dataclasses
 import json
 
 import pytest
-from evalharness.envs.libero import SUITES
 
+from evalharness.envs.libero import SUITES
 from evalharness.protocols import PROTOCOLS, Protocol, get_protocol
 
 GRIPPER_OPEN_NOOP = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)

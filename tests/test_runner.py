@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from evalharness.policies import Policy, PolicySpec, load_policy
 
+from evalharness.policies import Policy, PolicySpec, load_policy
 from evalharness.protocols import get_protocol
 from evalharness.results import TIMING_COLUMNS, read_episodes, read_summary
 from evalharness.runner import (

@@ -8,9 +8,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
 from gymnasium import spaces
 from PIL import Image
+
+from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
 
 INSTRUCTION = "put the bowl on the plate"
 
