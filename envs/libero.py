@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import string
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,6 +37,11 @@ from evalharness.envs.rotations import quat2axisangle
 os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ["MUJOCO_GL"] == "egl":
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# LIBERO imports matplotlib, which otherwise creates a font cache under ~/.config at import;
+# cluster home directories are often read-only or quota-bound. A user's setting wins.
+os.environ.setdefault(
+    "MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), f"evalharness-mpl-{os.getuid()}")
+)
 
 SUITES: tuple[str, ...] = (
     "libero_spatial",

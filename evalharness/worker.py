@@ -77,7 +77,7 @@ class FrameRecorder(gym.Wrapper):
 
 def video_filename(episode: Episode, instruction: str, success: bool) -> str:
     """`task03_ep007_success_put_the_bowl_on_the_plate.mp4`: findable by eye and by glob."""
-    slug = re.sub(r"[^a-z0-9]+", "_", instruction.lower()).strip("_")[:80]
+    slug = re.sub(r"[^a-z0-9]+", "_", instruction.lower()).strip("_")[:150]
     outcome = "success" if success else "failure"
     return f"task{episode.task_id:02d}_ep{episode.episode_index:03d}_{outcome}_{slug}.mp4"
 

@@ -120,7 +120,7 @@ def test_wrapper_stack_follows_the_policy_spec_and_flags(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_same_seed_twice_gives_identical_episodes_and_observations(tmp_path: Path) -> None:
     first, second = RecordingPolicy(), RecordingPolicy()
-    Runner(_config(tmp_path / "a"), first).run()
+    Runner(_config(tmp_path / "a", video_episodes=1), first).run()
     Runner(_config(tmp_path / "b", num_envs=1), second).run()
 
     pd.testing.assert_frame_equal(_outcomes(tmp_path / "a"), _outcomes(tmp_path / "b"))
@@ -133,6 +133,18 @@ def test_same_seed_twice_gives_identical_episodes_and_observations(tmp_path: Pat
     assert rows["steps"].tolist() == [4, 4, 4]
     assert rows["init_state_index"].tolist() == [0, 1, 2]
     assert rows["failure_reason"].tolist() == ["step_limit"] * 3
+
+    # --video 1: the first episode of the task, named by task, episode, outcome, instruction.
+    videos = sorted((tmp_path / "a" / "videos" / "libero_spatial").glob("*.mp4"))
+    assert [v.name for v in videos] == [
+        "task00_ep000_failure_pick_up_the_black_bowl_between_the_plate_and_the_ramekin"
+        "_and_place_it_on_the_plate.mp4"
+    ]
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(videos[0])
+    assert len(frames) == 1 + 4  # the reset observation and one frame per env step
+    assert frames[0].shape == (32, 32, 3)
 
 
 def test_existing_run_directory_is_not_overwritten_without_resume(tmp_path: Path) -> None:
