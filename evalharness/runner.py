@@ -367,6 +367,9 @@ class Runner:
         elif error is not None:
             status = "failed"
             extra["error"] = f"{type(error).__name__}: {error}"
+        if "first_step" in self.timing and "end" in self.timing:
+            stepping = self.timing["end"] - self.timing["first_step"]
+            extra["env_steps_per_s"] = round(self.env_steps / max(stepping, 1e-9), 3)
         self._write_run_json(
             status,
             end_time=_now(),

@@ -7,6 +7,7 @@ episodes of a few steps and 32 px renders.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -129,6 +130,10 @@ def test_same_seed_twice_gives_identical_episodes_and_observations(tmp_path: Pat
     assert first.seen == second.seen
     assert len(first.seen) == 3 * 2  # 3 episodes x ceil(4 steps / exec_horizon 2) queries
     assert max(first.batch_sizes) == 2 and max(second.batch_sizes) == 1
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["status"] == "finished" and run["env_steps"] == 3 * 4
+    assert run["env_steps_per_s"] > 0 and run["versions"]["mujoco"] == "3.3.2"
+    assert run["protocol"]["max_steps"]["libero_spatial"] == 4
     rows = _outcomes(tmp_path / "a")
     assert rows["steps"].tolist() == [4, 4, 4]
     assert rows["init_state_index"].tolist() == [0, 1, 2]
