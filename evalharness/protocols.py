@@ -103,17 +103,20 @@ class Protocol:
         return data
 
 
+#: OpenVLA's limits: the longest training demo of each suite plus a margin (193, 254, 270, 505, 373).
+OPENVLA_MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+
 PROTOCOLS: dict[str, Protocol] = {
     "openvla": Protocol(
         name="openvla",
         episodes_per_task=50,
-        max_steps={
-            "libero_spatial": 220,
-            "libero_object": 280,
-            "libero_goal": 300,
-            "libero_10": 520,
-            "libero_90": 400,
-        },
+        max_steps=OPENVLA_MAX_STEPS,
         num_steps_wait=10,
         wait_action=GRIPPER_OPEN_NOOP,
         camera_size=256,
@@ -135,13 +138,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "lerobot": Protocol(
         name="lerobot",
         episodes_per_task=50,
-        max_steps={
-            "libero_spatial": 280,
-            "libero_object": 280,
-            "libero_goal": 300,
-            "libero_10": 520,
-            "libero_90": 400,
-        },
+        # LeRobot copied OpenVLA's limits but raised libero_spatial to 280 (PR #1984).
+        max_steps={**OPENVLA_MAX_STEPS, "libero_spatial": 280},
         num_steps_wait=10,
         wait_action=GRIPPER_OPEN_NOOP,
         camera_size=360,
