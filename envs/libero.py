@@ -75,7 +75,8 @@ class UnknownTaskError(ValueError):
 def _quiet_libero() -> None:
     # robosuite logs a macro-file warning on every import and LIBERO prints the task order on
     # every benchmark lookup; in 8 worker processes that drowns the progress bar. The logger
-    # must be configured before robosuite is first imported.
+    # must be configured before robosuite is first imported, so this runs at import: libero
+    # and robosuite are only ever imported lazily, after this module.
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
 
 
@@ -84,15 +85,11 @@ _quiet_libero()
 
 @cache
 def _benchmark(suite: str) -> Any:
-    _quiet_libero()
+    if suite not in SUITES:
+        raise UnknownTaskError(f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}")
     with contextlib.redirect_stdout(io.StringIO()):
         from libero.libero import benchmark
 
-        _quiet_libero()
-        if suite not in SUITES:
-            raise UnknownTaskError(
-                f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}"
-            )
         return benchmark.get_benchmark(suite)(task_order_index=0)
 
 
@@ -219,7 +216,6 @@ class LiberoEnv(gym.Env):
         self._last_obs: dict[str, Any] = {}
 
     def _build(self) -> Any:
-        _quiet_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
         h, w = self.camera_hw

@@ -8,6 +8,7 @@ that names them, and the versions are always written into `run.json`.
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -85,8 +86,6 @@ def git_revision(path: Path | None = None) -> dict[str, str | bool | None]:
 
 
 def host_info() -> dict[str, object]:
-    import os
-
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

@@ -8,6 +8,7 @@ rebuilds only when it is handed another task.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import traceback
@@ -165,8 +166,6 @@ def worker_main(conn: Connection, config: EnvConfig, render_threads: int | None 
     software-rendering process starts one thread per core, and N workers on N cores then
     fight over the cores instead of rendering side by side. A user's own setting wins.
     """
-    import os
-
     if render_threads is not None:
         os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
     # Ctrl-C goes to the whole process group; only the runner decides how to stop.

@@ -1,7 +1,8 @@
 """Policies behind one `act()` contract (imported as evalharness.policies).
 
-from evalharness.policies import load_policy
-policy = load_policy("random?action_horizon=4&exec_horizon=2")
+>>> from evalharness.policies import load_policy
+>>> load_policy("random?action_horizon=4&exec_horizon=2").spec.exec_horizon
+2
 """
 
 from evalharness.policies.base import Policy, PolicyOutputError, PolicySpec, check_actions

@@ -26,46 +26,34 @@ def test_the_presets_are_openvla_libero_and_lerobot():
         assert set(protocol.max_steps) == set(SUITES)
 
 
-def test_openvla_preset_matches_run_libero_eval():
-    p = get_protocol("openvla")
-    assert p.episodes_per_task == 50
-    assert dict(p.max_steps) == {
-        "libero_spatial": 220,
-        "libero_object": 280,
-        "libero_goal": 300,
-        "libero_10": 520,
-        "libero_90": 400,
-    }
-    assert p.num_steps_wait == 10
-    assert p.wait_action == GRIPPER_OPEN_NOOP
-    assert p.camera_size == 256
-    assert p.seed == 7
+# The published settings, written out here rather than derived from the module under test.
+OPENVLA_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+PUBLISHED = {
+    # openvla experiments/robot/libero/run_libero_eval.py
+    "openvla": (50, OPENVLA_STEPS, 10, GRIPPER_OPEN_NOOP, 256, 7),
+    # LIBERO libero/lifelong/metric.py + configs/eval/default.yaml
+    "libero": (20, dict.fromkeys(SUITES, 600), 5, ZERO_ACTION, 128, 10000),
+    # lerobot src/lerobot/envs/libero.py TASK_SUITE_MAX_STEPS, envs/configs.py, EvalConfig
+    "lerobot": (50, {**OPENVLA_STEPS, "libero_spatial": 280}, 10, GRIPPER_OPEN_NOOP, 360, 1000),
+}
 
 
-def test_libero_preset_matches_lifelong_metric():
-    p = get_protocol("libero")
-    assert p.episodes_per_task == 20
-    assert dict(p.max_steps) == dict.fromkeys(SUITES, 600)
-    assert p.num_steps_wait == 5
-    assert p.wait_action == ZERO_ACTION
-    assert p.camera_size == 128
-    assert p.seed == 10000
-
-
-def test_lerobot_preset_matches_lerobot_eval():
-    p = get_protocol("lerobot")
-    assert p.episodes_per_task == 50
-    assert dict(p.max_steps) == {
-        "libero_spatial": 280,
-        "libero_object": 280,
-        "libero_goal": 300,
-        "libero_10": 520,
-        "libero_90": 400,
-    }
-    assert p.num_steps_wait == 10
-    assert p.wait_action == GRIPPER_OPEN_NOOP
-    assert p.camera_size == 360
-    assert p.seed == 1000
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_matches_the_published_harness(name):
+    p = get_protocol(name)
+    episodes, steps, wait, wait_action, camera, seed = PUBLISHED[name]
+    assert p.episodes_per_task == episodes
+    assert dict(p.max_steps) == steps
+    assert p.num_steps_wait == wait
+    assert p.wait_action == wait_action
+    assert p.camera_size == camera
+    assert p.seed == seed
 
 
 @pytest.mark.parametrize(
