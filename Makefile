@@ -9,7 +9,7 @@ export MUJOCO_GL ?= egl
 $(BIN)/evalharness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[all]"
 	@touch $@
 
 setup: $(BIN)/evalharness
