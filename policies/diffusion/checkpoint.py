@@ -1,0 +1,227 @@
+"""Read robomimic / DROID diffusion-policy ``.pth`` files without robomimic installed.
+
+The file is ``torch.save(dict(model=algo.serialize(), config=<JSON>, algo_name, env_metadata,
+shape_metadata, [obs|action]_normalization_stats, ...))``; ``model`` holds ``nets`` (trained
+weights) and ``ema`` (their exponential moving average, which upstream uses for inference).
+
+Loading steps:
+
+1. ``torch.load(weights_only=True)``: tensors, containers and primitives only. A file that
+   needs arbitrary unpickling (numpy arrays in the stats, custom classes) is refused unless the
+   caller passes ``trust=True`` (policy option ``?trust=true``), because unpickling runs code.
+2. Pick ``ema`` when present, else ``nets``; canonicalize key names: drop the ``module.``
+   infix that DROID's ``DataParallel`` wrappers add, and map each VisualCore alias
+   (``backbone.*`` <-> ``nets.0.*``, ``pool.*`` <-> ``nets.1.*``) when a file holds only one.
+3. Build the model from the config (UNet sizes from the weights) and compare shapes with the
+   shared compatibility report; strict by default, ``strict=False`` loads what fits.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evalharness.policies.common.compat import (
+    CheckpointError,
+    CompatibilityReport,
+    compare_shapes,
+)
+from evalharness.policies.diffusion.config import DiffusionPolicyConfig
+from evalharness.policies.diffusion.nets import (
+    ConditionalUnet1D,
+    DiffusionPolicyNets,
+    ObservationGroupEncoder,
+)
+
+__all__ = [
+    "LoadedCheckpoint",
+    "build_nets",
+    "canonical_state_dict",
+    "load_checkpoint",
+    "load_weights",
+    "read_checkpoint_file",
+]
+
+TRUST_OPTION = "trust=true"
+
+_OBS_NET = re.compile(r"^(policy\.obs_encoder\.nets\.obs\.obs_nets\.[^.]+\.)(.*)$")
+
+
+def read_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """``torch.load`` a ``.pth`` onto the CPU, refusing pickled code unless `trust` is set."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"diffusion checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from None
+        if not trust:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{path} needs arbitrary unpickling to load (torch.load(weights_only=True) "
+                f"refused it: {reason}). Unpickling can run code from the file; if you trust "
+                f"where it comes from, pass the policy option ?{TRUST_OPTION} "
+                f"(e.g. diffusion:{path}?{TRUST_OPTION})."
+            ) from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+        raise CheckpointError(
+            f"{path}: expected robomimic's checkpoint dict with a 'model' entry, got "
+            f"{type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)) if isinstance(ckpt, Mapping) else ''}"
+        )
+    return dict(ckpt)
+
+
+def _alias(key: str) -> str | None:
+    """The other spelling of a VisualCore key (upstream registers backbone/pool twice)."""
+    match = _OBS_NET.match(key)
+    if match is None:
+        return None
+    prefix, rest = match.groups()
+    for a, b in (("backbone.", "nets.0."), ("pool.", "nets.1.")):
+        if rest.startswith(a):
+            return prefix + b + rest[len(a) :]
+        if rest.startswith(b):
+            return prefix + a + rest[len(b) :]
+    return None
+
+
+def canonical_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Drop DataParallel's ``module.`` segments so DROID keys read like robomimic's."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        name = ".".join(part for part in key.split(".") if part != "module")
+        if name in out:
+            raise CheckpointError(f"state dict keys {key!r} and another both map to {name!r}")
+        out[name] = value
+    return out
+
+
+def select_weights(model: Mapping[str, Any], source: str, use_ema: bool = True) -> tuple[dict[str, Any], str]:
+    """``model['ema']`` when present and wanted (upstream's inference weights), else ``nets``."""
+    if use_ema and model.get("ema") is not None:
+        return dict(model["ema"]), "ema"
+    if model.get("nets") is None:
+        raise CheckpointError(f"{source}: checkpoint['model'] has no 'nets' state dict (keys {sorted(model)})")
+    return dict(model["nets"]), "nets"
+
+
+def build_nets(config: DiffusionPolicyConfig) -> DiffusionPolicyNets:
+    """A freshly initialized model for `config`; the obs feature size must match the UNet's."""
+    encoder = ObservationGroupEncoder(config.obs_shapes, config.visual, combine=config.combine)
+    expected = encoder.out_dim * config.observation_horizon
+    if expected != config.unet.global_cond_dim:
+        raise CheckpointError(
+            f"observation features are {encoder.out_dim} per step x observation_horizon "
+            f"{config.observation_horizon} = {expected}, but the noise prediction network is "
+            f"conditioned on {config.unet.global_cond_dim}; the obs keys/shapes "
+            f"{dict(config.obs_shapes)} or the horizon do not match the weights"
+        )
+    return DiffusionPolicyNets(encoder, ConditionalUnet1D(config.unet))
+
+
+def _explain(key: str, ckpt_shape: Any, model_shape: Any) -> str | None:
+    if ".obs_encoder.combine.0." in key and ckpt_shape and model_shape:
+        return "observation routing changed: the combine MLP sees a different concatenation of obs features"
+    if ".noise_pred_net." in key and ("final_conv.1" in key or "down_modules.0.0." in key):
+        return "action head: the action dimension differs, so the UNet's input/output convs are fresh"
+    if ".cond_encoder." in key:
+        return "UNet conditioning size differs (obs feature size x observation horizon)"
+    if ".obs_nets." in key and ckpt_shape is None:
+        return "no encoder for this observation key in the checkpoint"
+    if ".obs_nets." in key and model_shape is None:
+        return "the checkpoint encodes an observation key this model does not use"
+    return None
+
+
+def load_weights(
+    nets: DiffusionPolicyNets,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    source: str = "checkpoint",
+    key_map: Mapping[str, str] | None = None,
+) -> CompatibilityReport:
+    """Copy every tensor that fits into `nets` and return the compatibility report.
+
+    `state_dict` uses canonical keys. `key_map` maps model keys to checkpoint keys where they
+    differ (e.g. a camera renamed for transfer). Strict loading raises
+    ``CheckpointMismatchError`` (naming every leaf) unless everything loads.
+    """
+    model_state = nets.state_dict()
+    mapping = dict(key_map or {})
+    for key in model_state:
+        src = mapping.get(key, key)
+        if src not in state_dict:
+            alias = _alias(src)
+            if alias is not None and alias in state_dict:
+                mapping[key] = alias
+    report = compare_shapes(
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        {k: tuple(v.shape) for k, v in model_state.items()},
+        explain=_explain,
+        source=source,
+        target="DiffusionPolicyUNet",
+        key_map=mapping,
+    )
+    report.check(strict)
+    with torch.no_grad():
+        for entry in report.loaded:
+            assert entry.source_key is not None
+            model_state[entry.key].copy_(state_dict[entry.source_key])
+    return report
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready for inference plus what was read to build it."""
+
+    nets: DiffusionPolicyNets
+    config: DiffusionPolicyConfig
+    report: CompatibilityReport
+    weights: str  # "ema" or "nets"
+    path: str
+    env_metadata: Mapping[str, Any]
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    trust: bool = False,
+    strict: bool = True,
+    use_ema: bool = True,
+    config: DiffusionPolicyConfig | None = None,
+    key_map: Mapping[str, str] | None = None,
+) -> LoadedCheckpoint:
+    """Load a robomimic/DROID ``DiffusionPolicyUNet`` checkpoint into an eval-mode model.
+
+    With `config` (a different target, e.g. LIBERO keys and 7-d actions for a DROID
+    checkpoint) the model is built from it instead of the checkpoint's own config; load that
+    non-strictly (``strict=False``) and read the returned report to see what transferred.
+    """
+    source = str(path)
+    ckpt = read_checkpoint_file(path, trust=trust)
+    raw, which = select_weights(ckpt["model"], source, use_ema)
+    state = canonical_state_dict(raw)
+    own = DiffusionPolicyConfig.from_checkpoint(ckpt, state, source) if config is None else config
+    nets = build_nets(own)
+    report = load_weights(nets, state, strict=strict, source=f"{source} [{which}]", key_map=key_map)
+    nets.eval()
+    return LoadedCheckpoint(
+        nets=nets,
+        config=own,
+        report=report,
+        weights=which,
+        path=source,
+        env_metadata=dict(ckpt.get("env_metadata") or {}),
+    )

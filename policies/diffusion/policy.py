@@ -1,0 +1,252 @@
+"""The ``diffusion`` policy: a robomimic / DROID ``DiffusionPolicyUNet`` behind ``act()``.
+
+    evalharness run --suite libero_spatial --policy diffusion:/path/model.pth
+    evalharness run ... --policy "diffusion:/path/model.pth?device=cuda&missing_obs=zeros"
+
+Per query, for a batch of envs: map standard observations to the checkpoint's keys
+(:mod:`.keymap`), turn images into float CHW in [0, 1] at the checkpoint's size, encode the
+last ``observation_horizon`` frames, run the configured DDPM/DDIM sampler from per-episode
+noise, keep ``naction[To-1 : To-1+Ta]`` (upstream's executed slice), un-normalize and decode to
+LIBERO's 7-d delta actions (:mod:`.actions`). The runner executes the whole Ta-step chunk before
+asking again, which is robomimic's action queue.
+
+Options (``?key=value&...``):
+
+- ``device``: torch device, default ``cpu``.
+- ``trust``: ``true`` to allow a checkpoint that needs arbitrary unpickling (runs code!).
+- ``strict``: ``false`` to load what fits and report the rest (default ``true``).
+- ``ema``: ``false`` to use the raw ``nets`` weights instead of the EMA ones upstream uses.
+- ``missing_obs``: what to do with a checkpoint key the standard observation cannot provide
+  (LIBERO's ``joint_states``, for one): ``error`` (default), ``zeros`` (feed zeros; a smoke test,
+  not an evaluation) or ``passthrough`` (expect the batch to carry the key under its own name).
+- ``resize``: ``policy`` (default) resizes images inside the adapter with bilinear, antialiased
+  ``F.interpolate`` on the batch; ``env`` declares the sizes in the spec so the env's Lanczos
+  ``ResizeImage`` wrapper does it. robomimic itself renders at the training size and never
+  resizes: ``--camera-size`` equal to the checkpoint's image size is the faithful setting.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
+from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
+from evalharness.policies.diffusion.keymap import STANDARD_SOURCES, ObsSource, gather
+from evalharness.policies.diffusion.schedulers import NoiseScheduler
+
+__all__ = ["DiffusionPolicy", "make_diffusion_policy"]
+
+LIBERO_ACTION_DIM = 7
+MISSING_OBS_MODES = ("error", "zeros", "passthrough")
+RESIZE_MODES = ("policy", "env")
+_OPTIONS = ("device", "trust", "strict", "ema", "missing_obs", "resize")
+
+
+class DiffusionPolicy(Policy):
+    """Batched inference for a loaded diffusion-policy checkpoint."""
+
+    def __init__(
+        self,
+        loaded: LoadedCheckpoint,
+        *,
+        device: str | torch.device = "cpu",
+        missing_obs: str = "error",
+        resize: str = "policy",
+        sources: Mapping[str, ObsSource] | None = None,
+    ) -> None:
+        if missing_obs not in MISSING_OBS_MODES:
+            raise ValueError(f"missing_obs={missing_obs!r}; expected one of {MISSING_OBS_MODES}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize={resize!r}; expected one of {RESIZE_MODES}")
+        self.loaded = loaded
+        self.config = config = loaded.config
+        self.checkpoint = loaded.path
+        self.device = torch.device(device)
+        self.nets = loaded.nets.to(self.device).eval()
+        self.scheduler = NoiseScheduler(config.scheduler)
+        self.sources = dict(STANDARD_SOURCES if sources is None else sources)
+        self.missing_obs = missing_obs
+        unmapped = [k for k in config.obs_shapes if k not in self.sources]
+        if unmapped and missing_obs == "error":
+            raise ValueError(
+                f"{loaded.path}: the checkpoint needs observation(s) {unmapped} that the standard "
+                f"LIBERO observation (image_primary, image_wrist, proprio = eef pos 3 + axis-angle "
+                f"3 + gripper qpos 2) does not provide. Pass ?missing_obs=zeros to feed zeros "
+                f"(a smoke test, not an evaluation) or ?missing_obs=passthrough if your env "
+                f"emits them under these names. Mapped keys: "
+                f"{ {k: self.sources[k].describe() for k in config.obs_shapes if k in self.sources} }"
+            )
+        if unmapped and missing_obs == "zeros":
+            warnings.warn(
+                f"diffusion policy {loaded.path}: feeding zeros for {unmapped}; results are not "
+                "an evaluation of this checkpoint",
+                stacklevel=2,
+            )
+        self._unmapped = unmapped
+        image_sizes: dict[str, tuple[int, int]] = {}
+        if resize == "env":
+            for key in config.rgb_keys:
+                src = self.sources.get(key)
+                if src is not None:
+                    image_sizes[src.key] = config.obs_shapes[key][1:3]  # type: ignore[assignment]
+        self.spec = PolicySpec(
+            name="diffusion",
+            window_size=config.observation_horizon,
+            action_horizon=config.action_horizon,
+            action_dim=LIBERO_ACTION_DIM,
+            image_sizes=image_sizes,
+            exec_horizon=config.action_horizon,
+        )
+        self._generators: dict[int, torch.Generator] = {}
+
+    def reset(self, batch_size: int) -> None:
+        """Forget the per-episode noise generators."""
+        self._generators.clear()
+
+    # -- observations ----------------------------------------------------------------------
+    def _raw(self, obs: Mapping[str, np.ndarray], key: str, batch: int) -> np.ndarray:
+        if key in obs:
+            return np.asarray(obs[key])
+        source = self.sources.get(key)
+        if source is not None and source.key in obs:
+            return gather(obs, key, source)
+        if key in self._unmapped and self.missing_obs == "zeros":
+            return np.zeros((batch, self.config.observation_horizon, *self.config.obs_shapes[key]))
+        where = source.describe() if source is not None else "no standard key"
+        raise KeyError(
+            f"diffusion policy: observation {key!r} (from {where}) is not in the batch; "
+            f"batch keys: {sorted(obs)}"
+        )
+
+    def prepare(self, obs: Mapping[str, np.ndarray], batch: int) -> dict[str, torch.Tensor]:
+        """Checkpoint-keyed float tensors (B, To, ...) as the encoder expects them."""
+        to = self.config.observation_horizon
+        out: dict[str, torch.Tensor] = {}
+        for key, shape in self.config.obs_shapes.items():
+            value = self._raw(obs, key, batch)
+            if value.ndim == len(shape) + 1:
+                value = value[:, None]  # no window axis: a single frame
+            if value.shape[1] < to:
+                raise ValueError(
+                    f"diffusion policy: {key!r} has a window of {value.shape[1]} frames, the "
+                    f"checkpoint needs observation_horizon={to}"
+                )
+            value = value[:, -to:]
+            tensor = torch.as_tensor(np.ascontiguousarray(value)).to(self.device)
+            tensor = tensor.float()
+            if key in self.config.obs_normalization:
+                offset, scale = self.config.obs_normalization[key]
+                tensor = (tensor - torch.as_tensor(offset).float().to(self.device)) / torch.as_tensor(
+                    scale
+                ).float().to(self.device)
+            if key in self.config.visual:
+                tensor = self._image(tensor, key, shape)
+            elif tuple(tensor.shape[2:]) != tuple(shape):
+                raise ValueError(
+                    f"diffusion policy: {key!r} has per-step shape {tuple(tensor.shape[2:])}, the "
+                    f"checkpoint expects {tuple(shape)}"
+                )
+            out[key] = tensor
+        return out
+
+    def _image(self, tensor: torch.Tensor, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        # (B, T, H, W, C) [0, 255] -> (B, T, C, H, W) [0, 1], robomimic's process_frame.
+        if tensor.ndim != 5 or tensor.shape[-1] != shape[0]:
+            raise ValueError(
+                f"diffusion policy: image {key!r} must be (B, T, H, W, {shape[0]}), got "
+                f"{tuple(tensor.shape)}"
+            )
+        tensor = (tensor / 255.0).clip(0.0, 1.0).permute(0, 1, 4, 2, 3)
+        height, width = shape[1], shape[2]
+        if tuple(tensor.shape[-2:]) != (height, width):
+            b, t = tensor.shape[:2]
+            flat = tensor.reshape(b * t, *tensor.shape[2:])
+            flat = F.interpolate(
+                flat, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+            )
+            tensor = flat.reshape(b, t, *flat.shape[1:]).clip(0.0, 1.0)
+        return tensor
+
+    # -- sampling --------------------------------------------------------------------------
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """(B, Tp, Da) standard normal noise, one generator per episode seed (CPU-drawn)."""
+        shape = (self.config.prediction_horizon, self.config.action_dim)
+        rows = []
+        for seed in seeds:
+            gen = self._generators.get(seed)
+            if gen is None:
+                gen = self._generators[seed] = torch.Generator().manual_seed(int(seed))
+            rows.append(torch.randn(shape, generator=gen))
+        return torch.stack(rows).to(self.device)
+
+    @torch.inference_mode()
+    def sample(
+        self, obs_t: Mapping[str, torch.Tensor], noise: torch.Tensor, seeds: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """The full normalized trajectory (B, Tp, Da) from `noise`, as upstream's loop."""
+        cond = self.nets.encode(obs_t)
+        gens = None if seeds is None else [self._generators[s] for s in seeds]
+        x = noise
+        for t in self.scheduler.timesteps:
+            eps = self.nets.noise_pred_net(x, torch.tensor(t, device=self.device), cond)
+            x = self.scheduler.step(eps, t, x, gens)
+        return x
+
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        """LIBERO action chunks (B, Ta, 7) for a batch of windowed observations."""
+        seeds = [int(s) for s in np.asarray(tasks["episode_seed"], dtype=np.int64)]
+        obs_t = self.prepare(obs, len(seeds))
+        noise = self.initial_noise(seeds)
+        naction = self.sample(obs_t, noise, seeds)
+        start = self.config.observation_horizon - 1
+        chunk = naction[:, start : start + self.config.action_horizon].float().cpu().numpy()
+        parts = split_unnormalize(chunk, self.config.action_keys)
+        proprio = obs.get("proprio")
+        latest = None if proprio is None else np.asarray(proprio)[:, -1]
+        return decode_to_libero(parts, self.config.action_keys, latest)
+
+
+def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
+    if key not in options:
+        return default
+    value = options[key].strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"policy 'diffusion': option {key}={options[key]!r} must be true or false")
+
+
+def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
+    """Factory for ``diffusion:PATH[?device=...&trust=...&strict=...&ema=...&missing_obs=...&resize=...]``."""
+    if path is None:
+        raise ValueError(
+            "policy 'diffusion' needs a checkpoint: diffusion:/path/to/model.pth (a robomimic or "
+            "DROID DiffusionPolicyUNet .pth)"
+        )
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"policy 'diffusion' has no option(s) {unknown}; known: {', '.join(_OPTIONS)}")
+    loaded = load_checkpoint(
+        path,
+        trust=_bool_option(options, "trust", False),
+        strict=_bool_option(options, "strict", True),
+        use_ema=_bool_option(options, "ema", True),
+    )
+    if not loaded.report.compatible:
+        print(loaded.report.format())
+    return DiffusionPolicy(
+        loaded,
+        device=options.get("device", "cpu"),
+        missing_obs=options.get("missing_obs", "error"),
+        resize=options.get("resize", "policy"),
+    )
