@@ -7,6 +7,11 @@ Observations are the harness' standard ones, so every policy reads the same keys
 - `proprio`: (8,) float32 = end-effector position (3) + axis-angle (3) + gripper qpos (2);
 - `language_instruction`: the task's instruction.
 
+`render_images=False` drops both image keys (and skips the camera renders, which dominate a
+step's cost under software rendering) for policies that read no pixels. `privileged=True`
+adds a `privileged` entry (see `LiberoEnv.privileged_state`) for scripted experts that read
+simulator state; the runner only asks for it when a policy's spec does.
+
 robosuite renders in OpenGL convention, so LIBERO frames come out upside down. Like OpenVLA,
 openpi and LeRobot we rotate by 180° (`img[::-1, ::-1]`), which is what their RLDS/LeRobot
 training data holds. LIBERO's own HDF5 demos keep the raw orientation; a policy trained on raw
@@ -141,6 +146,27 @@ def upright(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[::-1, ::-1])
 
 
+def _aabb(
+    model: Any, data: Any, geoms: np.ndarray, frame: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Axis-aligned box (2, 3) = (min, max) around `geoms`, from MuJoCo's per-geom boxes.
+
+    In world coordinates, or in `frame` = (origin, rotation matrix) when given.
+    """
+    if len(geoms) == 0:
+        return np.zeros((2, 3))
+    aabb = np.asarray(model.geom_aabb)[geoms]  # (n, 6): center and half sizes, geom frame
+    center, half = aabb[:, :3], aabb[:, 3:]
+    mats = np.asarray(data.geom_xmat)[geoms].reshape(-1, 3, 3)
+    centers = np.asarray(data.geom_xpos)[geoms] + np.einsum("nij,nj->ni", mats, center)
+    if frame is not None:
+        origin, rot = frame
+        centers = (centers - origin) @ rot
+        mats = np.einsum("ji,njk->nik", rot, mats)
+    halves = np.einsum("nij,nj->ni", np.abs(mats), half)
+    return np.stack([(centers - halves).min(0), (centers + halves).max(0)])
+
+
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
@@ -178,6 +204,8 @@ class LiberoEnv(gym.Env):
         num_steps_wait: int = 0,
         wait_action: np.ndarray | tuple[float, ...] | None = None,
         render_mode: str | None = "rgb_array",
+        render_images: bool = True,
+        privileged: bool = False,
     ) -> None:
         self.task = get_task(suite, task_id)
         if max_steps <= 0:
@@ -196,20 +224,24 @@ class LiberoEnv(gym.Env):
             )
         self.render_mode = render_mode
         self._init_states = init_states(suite, task_id)
+        self.privileged = bool(privileged)
 
         h, w = self.camera_hw
         image = spaces.Box(0, 255, (h, w, 3), np.uint8)
-        self.observation_space = spaces.Dict(
-            {
-                "image_primary": image,
-                "image_wrist": image,
-                "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
-                "language_instruction": spaces.Text(max_length=1024, charset=string.printable),
-            }
+        obs_spaces: dict[str, spaces.Space[Any]] = {}
+        if render_images:
+            obs_spaces.update(image_primary=image, image_wrist=image)
+        obs_spaces["proprio"] = spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32)
+        obs_spaces["language_instruction"] = spaces.Text(
+            max_length=1024, charset=string.printable
         )
+        self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
         self._env = self._build()
+        self._render_images = True
+        self.render_images = render_images
+        self._geoms: dict[str, np.ndarray] | None = None
         self._steps = 0
         self._episode_over = True
         self._last_raw: dict[str, np.ndarray] = {}
@@ -229,6 +261,21 @@ class LiberoEnv(gym.Env):
             ignore_done=True,
             horizon=self.num_steps_wait + self.max_steps + 1,
         )
+
+    @property
+    def render_images(self) -> bool:
+        """Whether observations carry camera frames; may change between episodes (videos)."""
+        return self._render_images
+
+    @render_images.setter
+    def render_images(self, value: bool) -> None:
+        # Disabling robosuite's camera observables skips their renders entirely; the env keeps
+        # its render context, so frames can be switched back on for one episode (a video).
+        value = bool(value)
+        if value != self._render_images:
+            for camera in CAMERAS.values():
+                self._env.env.modify_observable(f"{camera}_image", "enabled", value)
+            self._render_images = value
 
     @property
     def num_init_states(self) -> int:
@@ -258,12 +305,92 @@ class LiberoEnv(gym.Env):
             ]
         ).astype(np.float32)
         obs: dict[str, Any] = {
-            key: upright(self._last_raw[f"{camera}_image"]) for key, camera in CAMERAS.items()
+            key: upright(self._last_raw[f"{camera}_image"])
+            for key, camera in CAMERAS.items()
+            if f"{camera}_image" in self._last_raw
         }
         obs["proprio"] = proprio
         obs["language_instruction"] = self.task.instruction
+        if self.privileged:
+            obs["privileged"] = self.privileged_state()
         self._last_obs = obs
         return obs
+
+    def privileged_state(self) -> dict[str, Any]:
+        """Simulator ground truth for scripted experts; never part of a learned policy's input.
+
+        - `eef_pos` (3,), `eef_mat` (3, 3) world rotation of the gripper site, `gripper_qpos` (2,);
+        - `objects`: per object and fixture name, `pos` (3,), `mat` (3, 3), `bbox` (2, 3) world
+          axis-aligned box (min, max) of its geoms, `extent` (2, 3) the same box in the object's
+          own frame (its size whatever its yaw), `fixture` bool;
+        - `sites`: per BDDL region site, `pos` (3,), `mat` (3, 3);
+        - `joints`: per articulated object, fixture or region site, its non-free joint
+          positions (drawer slides, stove knob, microwave door) as a float array;
+        - `goal`: the BDDL goal as a list of predicates, e.g. `[["on", "bowl_1", "plate_1"]]`;
+        - `obj_of_interest`: the BDDL's objects of interest.
+        """
+        env = self._env.env
+        sim = env.sim
+        model, data = sim.model, sim.data
+        robot = env.robots[0]
+        eef_site = robot.eef_site_id
+        objects: dict[str, dict[str, Any]] = {}
+        joints: dict[str, np.ndarray] = {}
+        for name, geoms in self._object_geoms().items():
+            body = env.obj_body_id[name]
+            pos = np.array(data.body_xpos[body])
+            mat = np.array(data.body_xmat[body]).reshape(3, 3)
+            objects[name] = {
+                "pos": pos,
+                "mat": mat,
+                "bbox": _aabb(model, data, geoms),
+                "extent": _aabb(model, data, geoms, frame=(pos, mat)),
+                "fixture": name in env.fixtures_dict,
+            }
+        for name, obj in {**env.objects_dict, **env.fixtures_dict, **env.object_sites_dict}.items():
+            hinges = [
+                j
+                for j in getattr(obj, "joints", None) or []
+                if model.jnt_type[model.joint_name2id(j)] != 0  # 0 = free joint
+            ]
+            if hinges:
+                joints[name] = np.array([data.qpos[model.get_joint_qpos_addr(j)] for j in hinges])
+        sites = {
+            name: {
+                "pos": np.array(data.get_site_xpos(name)),
+                "mat": np.array(data.get_site_xmat(name)).reshape(3, 3),
+            }
+            for name in env.object_sites_dict
+        }
+        return {
+            "eef_pos": np.array(data.site_xpos[eef_site]),
+            "eef_mat": np.array(data.site_xmat[eef_site]).reshape(3, 3),
+            "gripper_qpos": np.array(data.qpos[robot._ref_gripper_joint_pos_indexes]),
+            "objects": objects,
+            "sites": sites,
+            "joints": joints,
+            "goal": [list(p) for p in env.parsed_problem["goal_state"]],
+            "obj_of_interest": list(env.parsed_problem["obj_of_interest"]),
+        }
+
+    def _object_geoms(self) -> dict[str, np.ndarray]:
+        # Geoms of each object's body subtree, computed once: the model does not change
+        # between soft resets.
+        if self._geoms is None:
+            env = self._env.env
+            model = env.sim.model
+            parents = np.asarray(model.body_parentid)
+            geom_body = np.asarray(model.geom_bodyid)
+            self._geoms = {}
+            for name, root in env.obj_body_id.items():
+                in_subtree = np.zeros(len(parents), dtype=bool)
+                for body in range(len(parents)):
+                    b = body
+                    while b != 0 and b != root:
+                        b = parents[b]
+                    in_subtree[body] = b == root
+                self._geoms[name] = np.flatnonzero(in_subtree[geom_body])
+        return self._geoms
 
     def _info(self, success: bool) -> dict[str, Any]:
         return {

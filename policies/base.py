@@ -35,6 +35,11 @@ class PolicySpec:
     of each chunk to execute before querying again (receding horizon); None means the whole
     chunk. `temporal_ensemble_weight`, when set, replaces chunk execution with ACT/Octo-style
     ensembling of overlapping predictions (one action executed per query).
+
+    `uses_images=False` says the policy reads no camera frames, so the env skips rendering
+    (unless a video or a recording needs frames). `privileged=True` asks for simulator ground
+    truth in `obs["privileged"]` (a (B,) object array of dicts, see
+    `LiberoEnv.privileged_state`); only scripted experts may ask, learned policies never see it.
     """
 
     name: str
@@ -47,6 +52,8 @@ class PolicySpec:
     exec_horizon: int | None = None
     temporal_ensemble_weight: float | None = None
     dataset_statistics: Mapping[str, Any] | None = None
+    uses_images: bool = True
+    privileged: bool = False
 
     def __post_init__(self) -> None:
         for name in ("window_size", "action_horizon", "action_dim"):
@@ -76,6 +83,11 @@ class Policy(abc.ABC):
 
     def reset(self, batch_size: int) -> None:  # noqa: B027 - stateless policies need nothing
         """Forget any internal state before a new set of episodes."""
+
+    def failure_reason(self, episode_seed: int) -> str:
+        """Why an episode that did not succeed failed, if the policy knows better than the
+        runner's "step_limit" (a scripted expert reports an unsupported task); "" otherwise."""
+        return ""
 
     @abc.abstractmethod
     def act(

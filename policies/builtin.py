@@ -84,3 +84,9 @@ def make_zero(path: str | None = None, **options: str) -> Policy:
 @register_policy("random")
 def make_random(path: str | None = None, **options: str) -> Policy:
     return RandomPolicy(_spec("random", path, options))
+
+
+# The scripted expert reads privileged simulator state; registered lazily like the families.
+register_policy("scripted", "evalharness.policies.scripted.policy:make_scripted")
+# robomimic / DROID diffusion policy (torch); lazy so that the built-ins never import torch.
+register_policy("diffusion", "evalharness.policies.diffusion.policy:make_diffusion_policy")
