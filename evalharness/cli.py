@@ -1,4 +1,4 @@
-"""`evalharness` command line: run, suites, protocols, summarize."""
+"""`evalharness` command line: run, suites, protocols, summarize, dashboard, compare."""
 
 from __future__ import annotations
 
@@ -175,6 +175,88 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(text: str | None, count: int) -> list[str] | None:
+    if text is None:
+        return None
+    labels = [x.strip() for x in text.split(",")]
+    if len(labels) != count or not all(labels):
+        raise ValueError(f"--labels {text!r} must name each of the {count} runs, comma-separated")
+    return labels
+
+
+def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "dashboard",
+        help="one self-contained HTML report from run directories",
+        description=(
+            "Write one offline HTML page from run directories (episodes.csv + run.json): suite "
+            "table, per-task bars with Wilson intervals, paired comparisons against the first "
+            "run, episode lengths, finetune loss, run.json side by side, episodes with videos."
+        ),
+        epilog="example: evalharness dashboard results/base results/finetuned --out report.html",
+    )
+    d.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="first one is the baseline")
+    d.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    d.add_argument("--labels", default=None, help="comma-separated run names (default: dir names)")
+    c = sub.add_parser(
+        "compare",
+        help="paired comparison of two runs on their shared episodes",
+        description=(
+            "Compare RUN_B against RUN_A on the episodes both ran (same task, init state, episode "
+            "index): rates, difference B - A with Newcombe's paired 95% interval and the exact "
+            "McNemar p-value, per task and per suite. --format markdown|latex prints the "
+            "OpenVLA-style suite table (rate ± standard error) and the paired table; csv the "
+            "paired rows."
+        ),
+        epilog="example: evalharness compare results/base results/finetuned --format markdown",
+    )
+    c.add_argument("run_a", metavar="RUN_A", help="baseline run directory")
+    c.add_argument("run_b", metavar="RUN_B", help="run directory compared against RUN_A")
+    c.add_argument(
+        "--format", default="text", choices=["text", "markdown", "latex", "csv"], dest="fmt"
+    )
+    c.add_argument("--labels", default=None, help="two comma-separated names (default: dir names)")
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from evalharness.compare import load_runs, mismatch_warnings
+    from evalharness.dashboard import build_dashboard
+
+    labels = _labels(args.labels, len(args.run_dirs))
+    for w in mismatch_warnings(load_runs(args.run_dirs, labels)):
+        print(f"warning: {w}", file=sys.stderr)
+    path = build_dashboard(args.run_dirs, args.out, labels)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evalharness.compare import (
+        compare_runs,
+        format_comparison,
+        load_runs,
+        mismatch_warnings,
+        paired_table,
+        suite_table,
+    )
+
+    a, b = load_runs([args.run_a, args.run_b], _labels(args.labels, 2))
+    warnings = mismatch_warnings([a, b])
+    comparison = compare_runs(a, b)
+    if args.fmt == "text":
+        print(format_comparison(a, b, comparison, warnings), end="")
+        return 0
+    # Tables go to stdout for pasting; warnings to stderr so they do not end up in a paper.
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.fmt == "csv":
+        print(paired_table(comparison, a.label, b.label, "csv"), end="")
+    else:
+        print(suite_table([a, b], args.fmt))
+        print(paired_table(comparison, a.label, b.label, args.fmt), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalharness",
@@ -200,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recompute summary.csv (per task and suite, Wilson 95%% CI) from episodes.csv alone.",
     )
     m.add_argument("run_dir", help="a run directory holding episodes.csv")
+    _add_report_parsers(sub)
     return parser
 
 
@@ -208,6 +291,8 @@ COMMANDS = {
     "suites": cmd_suites,
     "protocols": cmd_protocols,
     "summarize": cmd_summarize,
+    "dashboard": cmd_dashboard,
+    "compare": cmd_compare,
 }
 
 
