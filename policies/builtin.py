@@ -90,7 +90,5 @@ def make_random(path: str | None = None, **options: str) -> Policy:
 register_policy("scripted", "evalharness.policies.scripted.policy:make_scripted")
 # robomimic / DROID diffusion policy (torch); lazy so that the built-ins never import torch.
 register_policy("diffusion", "evalharness.policies.diffusion.policy:make_diffusion_policy")
-
-
-# robomimic / DROID diffusion policy (torch); lazy so that the built-ins never import torch.
-register_policy("diffusion", "evalharness.policies.diffusion.policy:make_diffusion_policy")
+# Octo in PyTorch (JAX or torch checkpoints, no JAX import); lazy: importing it loads torch.
+register_policy("octo_pt", "evalharness.policies.octo_pt.policy:make_octo_pt_policy")

@@ -61,7 +61,15 @@ from evalharness.policies.octo_pt.t5 import T5Encoder
 Shape = tuple[int, ...]
 Explainer = Callable[[str, "Shape | None", "Shape | None"], "str | None"]
 
-__all__ = ["LeafMap", "jax_key_map", "load_jax_params", "to_jax_shape", "to_torch_layout"]
+__all__ = [
+    "LeafMap",
+    "compile_patterns",
+    "jax_key_map",
+    "load_jax_params",
+    "matches",
+    "to_jax_shape",
+    "to_torch_layout",
+]
 
 
 @dataclass(frozen=True)
@@ -267,7 +275,8 @@ def jax_key_map(
 # loading
 
 
-def _compile(patterns: str | Sequence[str] | None) -> list[re.Pattern[str]]:
+def compile_patterns(patterns: str | Sequence[str] | None) -> list[re.Pattern[str]]:
+    """``skip`` / ``non_strict`` option values → compiled regexes (a bad one names itself)."""
     if patterns is None or patterns == "":
         return []
     items = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -277,7 +286,8 @@ def _compile(patterns: str | Sequence[str] | None) -> list[re.Pattern[str]]:
         raise ValueError(f"invalid regular expression in {items!r}: {exc}") from None
 
 
-def _hits(patterns: list[re.Pattern[str]], *names: str) -> bool:
+def matches(patterns: list[re.Pattern[str]], *names: str) -> bool:
+    """Whether any pattern is found (``re.search``) in any of the names."""
     return any(p.search(n) for p in patterns for n in names)
 
 
@@ -301,7 +311,7 @@ def load_jax_params(
     torch shapes mapped back, so both families explain a mismatch in the same words.
     """
     mapping = jax_key_map(model, encoder_names)
-    skip_re, lax_re = _compile(skip), _compile(non_strict)
+    skip_re, lax_re = compile_patterns(skip), compile_patterns(non_strict)
     state = model.state_dict()
     model_shapes = {k: tuple(state[k].shape) for k in mapping}
     converted: dict[str, Any] = {}
@@ -319,10 +329,10 @@ def load_jax_params(
     skips: dict[str, str] = {}
     if skip_re:
         for key, leaf in mapping.items():
-            if _hits(skip_re, key, leaf.jax_key):
+            if matches(skip_re, key, leaf.jax_key):
                 skips[key] = "matches skip pattern: keeps its fresh initialization"
         for jkey in flat_params:
-            if jkey not in by_jax and _hits(skip_re, jkey):
+            if jkey not in by_jax and matches(skip_re, jkey):
                 skips[jkey] = "matches skip pattern"
 
     def explain_torch(key: str, ckpt: Shape | None, shape: Shape | None) -> str | None:
@@ -349,7 +359,7 @@ def load_jax_params(
         selected = [
             e
             for e in report.entries
-            if e.status == "shape_mismatch" and _hits(lax_re, e.key, e.source_key or "")
+            if e.status == "shape_mismatch" and matches(lax_re, e.key, e.source_key or "")
         ]
         relaxed = {e.key: e for e in mark_partial(CompatibilityReport(selected)).entries}
         report = CompatibilityReport(

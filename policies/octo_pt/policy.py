@@ -1,0 +1,280 @@
+"""The ``octo_pt`` policy: Octo in PyTorch behind ``act()``, from a JAX or a torch checkpoint.
+
+    evalharness run --suite libero_spatial --policy "octo_pt:/ckpt?stats=libero_spatial_no_noops"
+    evalharness run ... --policy "octo_pt:hf://rail-berkeley/octo-small-1.5?device=cuda&stats=bridge_dataset"
+
+Per query, for a batch of envs (the same steps as ``octo_jax``, through the same shared code in
+``policies/octo/inputs.py``): resize images to the checkpoint's sizes (numpy lanczos3, as
+Octo's ``ResizeImageWrapper``), mark missing cameras and padded history steps, tokenize the
+instructions (``policies/octo/text.py``), run the transformer and the action head under
+``torch.inference_mode``, un-normalize with the dataset statistics and convert the gripper to
+LIBERO's convention.
+
+Options (``?key=value&...``):
+
+- ``device``: torch device (``cpu`` default, ``cuda``, ``cuda:1``).
+- ``compile``: ``true`` to ``torch.compile`` the transformer stack (first call is slow).
+- ``step``: which ``<step>`` folder to load (default: the latest).
+- ``stats``: dataset key in a multi-dataset ``dataset_statistics.json``
+  (e.g. ``libero_spatial_no_noops``); not needed when the file holds one dataset.
+- ``normalization``: ``normal`` (default) or ``bounds``, how actions were normalized.
+- ``gripper``: the model's gripper convention, ``octo`` (default: 1 open, 0 closed) or
+  ``libero`` (already −1 open, +1 close); converted to LIBERO's.
+- ``strict``: ``false`` to load what fits and initialize the rest fresh (reported).
+- ``skip``: regex; parameters whose torch name or Flax path it finds keep fresh values.
+- ``non_strict``: regex; matching parameters with another shape get the overlapping slice.
+- ``tokenizer``: folder with the text tokenizer's ``tokenizer.json`` (overrides the config's name).
+- ``seed``: mixed into every episode's noise seed (default 0).
+- ``exec_horizon``: actions executed per chunk (default: the whole chunk).
+- ``temporal_ensemble``: exponential weight; replaces chunking with Octo/ACT ensembling.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.common.normalization import (
+    DatasetStatistics,
+    Gripper,
+    NormalizationType,
+    select_statistics,
+)
+from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.octo.inputs import (
+    OctoInputSpec,
+    postprocess_actions,
+    prepare_observation,
+    prepare_tasks,
+)
+from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo_pt.checkpoint import LoadedOcto, load_octo_pt
+from evalharness.policies.octo_pt.model import ContinuousActionHead, DiffusionActionHead
+
+__all__ = ["OctoPtPolicy", "make_octo_pt_policy", "to_torch"]
+
+OPTIONS = (
+    "device",
+    "compile",
+    "step",
+    "stats",
+    "normalization",
+    "gripper",
+    "strict",
+    "skip",
+    "non_strict",
+    "tokenizer",
+    "seed",
+    "exec_horizon",
+    "temporal_ensemble",
+)
+
+
+def to_torch(tree: Any, device: torch.device) -> Any:
+    """Nested dicts of numpy arrays → the same of tensors on ``device``."""
+    if isinstance(tree, Mapping):
+        return {k: to_torch(v, device) for k, v in tree.items()}
+    return torch.as_tensor(np.asarray(tree), device=device)
+
+
+class OctoPtPolicy(Policy):
+    """Batched Octo inference in torch for a loaded checkpoint."""
+
+    def __init__(
+        self,
+        loaded: LoadedOcto,
+        *,
+        statistics: DatasetStatistics,
+        tokenizer: TextTokenizer | None,
+        device: str | torch.device = "cpu",
+        compile: bool = False,
+        normalization: NormalizationType | str = NormalizationType.NORMAL,
+        gripper: Gripper | str = Gripper.OCTO,
+        seed: int = 0,
+        exec_horizon: int | None = None,
+        temporal_ensemble: float | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.checkpoint = str(loaded.directory)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        if compile:
+            # The transformer stack is a pure tensor function (tokens, mask) → tokens: it
+            # compiles cleanly; tokenizers and the denoising loop stay eager.
+            stack = self.model.octo_transformer.transformer
+            self.model.octo_transformer.transformer = torch.compile(stack)  # type: ignore[assignment]
+        self.statistics = statistics
+        self.tokenizer = tokenizer
+        self.normalization = NormalizationType.parse(normalization)
+        self.gripper = Gripper.parse(gripper)
+        self.seed = int(seed)
+        self.inputs = OctoInputSpec.from_example_batch(
+            loaded.example_batch,
+            loaded.config.window_size,
+            source=f"{loaded.directory}/example_batch",
+        )
+        head = dict(self.model.heads.items()).get("action")
+        if not isinstance(head, (DiffusionActionHead, ContinuousActionHead)):
+            raise ValueError(
+                f"{loaded.name}: the model has no 'action' head; heads: {list(self.model.heads)}"
+            )
+        self.head = head
+        self.embodiment_action_dim = statistics.action.dim
+        needs_language = loaded.config.model.language_tokenizer is not None
+        if needs_language and tokenizer is None:
+            raise ValueError(f"{loaded.name}: the model takes language but no tokenizer was given")
+        self._needs_language = needs_language and self.inputs.language_length is not None
+        self.spec = PolicySpec(
+            name="octo_pt",
+            window_size=self.inputs.window_size,
+            action_horizon=head.action_horizon,
+            action_dim=statistics.action.dim,
+            needs_language=self._needs_language,
+            exec_horizon=exec_horizon,
+            temporal_ensemble_weight=temporal_ensemble,
+            dataset_statistics={"key": statistics.key, "action": statistics.action.to_dict()},
+        )
+        self._generators: dict[int, torch.Generator] = {}
+
+    def reset(self, batch_size: int) -> None:
+        """Forget the per-episode noise generators."""
+        self._generators.clear()
+
+    def _generator(self, episode_seed: int) -> torch.Generator:
+        if episode_seed not in self._generators:
+            state = np.random.SeedSequence(
+                [self.seed, int(episode_seed) & 0xFFFFFFFF]
+            ).generate_state(2)
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(int(state[0]) << 32 | int(state[1]))
+            self._generators[episode_seed] = gen
+        return self._generators[episode_seed]
+
+    def _noise(self, seeds: Sequence[int], window: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-episode DDPM noise (drawn on CPU, so results do not depend on device or batch)."""
+        if not isinstance(self.head, DiffusionActionHead):
+            return None
+        flat = self.head.action_horizon * self.head.action_dim
+        steps = self.head.diffusion_steps
+        init, per_step = [], []
+        for seed in seeds:
+            gen = self._generator(seed)
+            init.append(torch.randn((window, flat), generator=gen))
+            per_step.append(torch.randn((steps, window, flat), generator=gen))
+        return torch.stack(init), torch.stack(per_step, dim=1)
+
+    def model_inputs(
+        self, obs: Mapping[str, np.ndarray], instructions: Sequence[str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Octo's ``observation`` and ``task`` dicts (numpy) for a batch of standard observations."""
+        proprio = self.statistics.proprio
+        lowdim = (
+            {"proprio": proprio}
+            if proprio is not None and "proprio" in self.inputs.lowdim
+            else None
+        )
+        observation = prepare_observation(obs, self.inputs, lowdim, self.normalization)
+        batch = observation["timestep_pad_mask"].shape[0]
+        language = None
+        if self._needs_language:
+            assert self.tokenizer is not None
+            language = self.tokenizer.encode(list(instructions))
+        return observation, prepare_tasks(batch, self.inputs, language)
+
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        """Action chunks (B, action_horizon, action_dim) in LIBERO's action space."""
+        instructions = [str(t) for t in tasks["language_instruction"]]
+        observation, task = self.model_inputs(obs, instructions)
+        batch, window = observation["timestep_pad_mask"].shape
+        if "episode_seed" in tasks:
+            seeds = [int(s) for s in np.asarray(tasks["episode_seed"]).reshape(-1)]
+        else:
+            seeds = list(range(batch))
+        noise = self._noise(seeds, window)
+        with torch.inference_mode():
+            o, t = to_torch(observation, self.device), to_torch(task, self.device)
+            actions = self.model.sample_actions(
+                o, t, embodiment_action_dim=self.embodiment_action_dim, noise=noise
+            )
+            normalized = actions.float().cpu().numpy()
+        return postprocess_actions(
+            normalized, self.statistics.action, self.normalization, self.gripper
+        )
+
+
+def _bool(options: Mapping[str, str], key: str, default: bool) -> bool:
+    value = options.get(key)
+    if value is None:
+        return default
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"policy 'octo_pt': option {key}={value!r} must be true or false")
+
+
+def _number(options: Mapping[str, str], key: str, kind: type) -> Any:
+    if key not in options:
+        return None
+    try:
+        return kind(options[key])
+    except ValueError:
+        raise ValueError(
+            f"policy 'octo_pt': option {key}={options[key]!r} must be {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
+def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
+    """Build the ``octo_pt`` policy from ``octo_pt:PATH?options`` (see the module docstring)."""
+    if path is None:
+        raise ValueError(
+            "policy 'octo_pt' needs a checkpoint: octo_pt:/path/to/ckpt (an upstream Octo JAX "
+            "checkpoint directory, an octo_pt torch checkpoint, or hf://org/name)"
+        )
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"policy 'octo_pt' has no option(s) {unknown}; known: {', '.join(OPTIONS)}"
+        )
+    loaded = load_octo_pt(
+        path,
+        step=parse_step(options.get("step")),
+        strict=_bool(options, "strict", True),
+        skip=options.get("skip") or None,
+        non_strict=options.get("non_strict") or None,
+    )
+    if not loaded.report.compatible:
+        warnings.warn(
+            f"octo_pt {loaded.name}: loaded non-strictly\n{loaded.report.format()}", stacklevel=2
+        )
+    statistics = select_statistics(
+        loaded.dataset_statistics,
+        options.get("stats"),
+        source=f"{loaded.directory}/dataset_statistics.json",
+    )
+    tokenizer = None
+    text = loaded.config.text_processor
+    if text is not None and loaded.config.model.language_tokenizer is not None:
+        folder = resolve_tokenizer(text.tokenizer_name, loaded.directory, options.get("tokenizer"))
+        tokenizer = TextTokenizer(folder, text)
+    ensemble = _number(options, "temporal_ensemble", float)
+    return OctoPtPolicy(
+        loaded,
+        statistics=statistics,
+        tokenizer=tokenizer,
+        device=options.get("device", "cpu"),
+        compile=_bool(options, "compile", False),
+        normalization=options.get("normalization", NormalizationType.NORMAL),
+        gripper=options.get("gripper", Gripper.OCTO),
+        seed=_number(options, "seed", int) or 0,
+        exec_horizon=_number(options, "exec_horizon", int),
+        temporal_ensemble=ensemble,
+    )
