@@ -57,11 +57,11 @@ ALPHA = 0.05
 # Per-task chart geometry (px).
 _LABEL_W = 420
 _BAR_W = 340
-_DIFF_W = 240
-_GAP = 28
+_DIFF_W = 300
+_GAP = 44
 _SUB_H = 16
 _TASK_PAD = 12
-_TOP = 44
+_TOP = 60
 
 
 def _e(value: object) -> str:
@@ -150,16 +150,16 @@ def _task_chart(
         )
     if has_diff:
         if len(runs) == 2:
-            left = f'<tspan fill="{_color(0)}">◀ {_e(runs[0].label)} better</tspan>'
-            right = f'<tspan fill="{_color(1)}">{_e(runs[1].label)} better ▶</tspan>'
+            left = f"◀ {_e(runs[0].label)} better"
+            right, right_colour = f"{_e(runs[1].label)} better ▶", _color(1)
         else:
-            left = f'<tspan fill="{_color(0)}">◀ {_e(runs[0].label)} (baseline) better</tspan>'
-            right = "<tspan>run better ▶</tspan>"
+            left = f"◀ {_e(runs[0].label)} (baseline) better"
+            right, right_colour = "run better ▶", "#333"
         out.append(
             f'<text x="{diff_x}" y="14" class="axis-title">paired difference vs '
-            f"{_e(runs[0].label)} (points, Newcombe 95% CI)</text>"
-            f'<text x="{diff_x}" y="28" class="axis-title small">{left}</text>'
-            f'<text x="{diff_x + _DIFF_W}" y="28" class="axis-title small" '
+            f"{_e(runs[0].label)} (points)</text>"
+            f'<text x="{diff_x}" y="31" class="axis-title" style="fill:{_color(0)}">{left}</text>'
+            f'<text x="{diff_x + _DIFF_W}" y="31" class="axis-title" style="fill:{right_colour}" '
             f'text-anchor="end">{right}</text>'
         )
         for tick in (-drange, -drange / 2, 0.0, drange / 2, drange):
@@ -168,7 +168,7 @@ def _task_chart(
             out.append(
                 f'<line x1="{x:.1f}" y1="{_TOP - 6}" x2="{x:.1f}" y2="{plot_bottom}" '
                 f'class="{cls}"/><text x="{x:.1f}" y="{_TOP - 10}" class="tick" '
-                f'text-anchor="middle">{100 * tick:+.0f}</text>'
+                f'text-anchor="middle">{f"{100 * tick:+.0f}" if tick else "0"}</text>'
             )
 
     lookups = [
@@ -606,7 +606,7 @@ tr.critical th,tr.critical td{background:#fde2e2;color:#a00000}
 #mismatch-banner{border:2px solid #c00000;background:#fde2e2;color:#a00000;padding:10px 14px;
  border-radius:6px;margin:14px 0}
 #mismatch-banner ul{margin:6px 0 0 18px;padding:0}
-.ok{color:#00704a}.fail{color:#a33}
+.ok{color:#00704a;white-space:nowrap}.fail{color:#a33;white-space:nowrap}
 .verdict{border:1.5px solid;border-radius:10px;padding:0 7px;font-weight:600;white-space:nowrap}
 svg.chart{display:block;margin:10px 0;font-size:12px}
 svg .grid{stroke:#e6e6e6}svg .zero{stroke:#444;stroke-width:1.2}
@@ -614,7 +614,7 @@ svg .separator{stroke:#bbb;stroke-dasharray:4 3}
 svg .whisker,svg .whisker-cap{stroke:#222;stroke-width:1.4}
 svg .diff-ci{stroke-width:2.5}
 svg .tick{fill:#666;font-size:11px}svg .axis-title{fill:#333;font-size:12px;font-weight:600}
-svg .axis-title.small{font-size:12px}svg .legend{fill:#333;font-size:12px}
+svg .legend{fill:#333;font-size:12px}
 svg .task-label{fill:#222;font-size:12px}svg .frame{fill:none;stroke:#ccc}
 .runs td,.runs th{font-size:13px}
 nav a{margin-right:14px}
