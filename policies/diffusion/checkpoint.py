@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,18 +130,24 @@ def build_nets(config: DiffusionPolicyConfig) -> DiffusionPolicyNets:
     return DiffusionPolicyNets(encoder, ConditionalUnet1D(config.unet))
 
 
-def _explain(key: str, ckpt_shape: Any, model_shape: Any) -> str | None:
-    if ".obs_encoder.combine.0." in key and ckpt_shape and model_shape:
-        return "observation routing changed: the combine MLP sees a different concatenation of obs features"
-    if ".noise_pred_net." in key and ("final_conv.1" in key or "down_modules.0.0." in key):
-        return "action head: the action dimension differs, so the UNet's input/output convs are fresh"
-    if ".cond_encoder." in key:
-        return "UNet conditioning size differs (obs feature size x observation horizon)"
-    if ".obs_nets." in key and ckpt_shape is None:
-        return "no encoder for this observation key in the checkpoint"
-    if ".obs_nets." in key and model_shape is None:
-        return "the checkpoint encodes an observation key this model does not use"
-    return None
+def _explainer(checkpoint_keys: set[str]) -> Callable[[str, Any, Any], str | None]:
+    cameras = {m.group(1) for k in checkpoint_keys if (m := _OBS_NET.match(k))}
+
+    def explain(key: str, ckpt_shape: Any, model_shape: Any) -> str | None:
+        if ".obs_encoder.combine.0." in key and ckpt_shape and model_shape:
+            return "observation routing changed: the combine MLP sees another concatenation of obs features"
+        if ".noise_pred_net." in key and ("final_conv.1" in key or "down_modules.0.0." in key):
+            return "action head: the action dimension differs, so the UNet's input/output convs are fresh"
+        if ".cond_encoder." in key:
+            return "UNet conditioning size differs (obs feature size x observation horizon)"
+        match = _OBS_NET.match(key)
+        if match is not None and ckpt_shape is None and match.group(1) not in cameras:
+            return "the checkpoint has no encoder for this observation key"
+        if match is not None and model_shape is None:
+            return "the checkpoint encodes an observation key this model does not use"
+        return None
+
+    return explain
 
 
 def load_weights(
@@ -169,7 +175,7 @@ def load_weights(
     report = compare_shapes(
         {k: tuple(v.shape) for k, v in state_dict.items()},
         {k: tuple(v.shape) for k, v in model_state.items()},
-        explain=_explain,
+        explain=_explainer(set(state_dict)),
         source=source,
         target="DiffusionPolicyUNet",
         key_map=mapping,
