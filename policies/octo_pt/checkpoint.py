@@ -53,6 +53,7 @@ from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.inputs import OctoInputSpec
 from evalharness.policies.octo.text import T5EncoderConfig, t5_config_from_params
 from evalharness.policies.octo_pt.jax_weights import (
+    check_report,
     compile_patterns,
     jax_key_map,
     load_jax_params,
@@ -329,7 +330,7 @@ def _load_torch(
         report = CompatibilityReport(
             [relaxed.get(e.key, e) for e in report.entries], report.source, report.target
         )
-    report.check(strict)
+    check_report(report, strict)
     with torch.no_grad():
         for entry in report.entries:
             if entry.key not in state:

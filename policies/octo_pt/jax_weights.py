@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from evalharness.policies.common.compat import (
+    CheckpointMismatchError,
     CompatibilityReport,
     LeafReport,
     compare_shapes,
@@ -63,6 +64,7 @@ Explainer = Callable[[str, "Shape | None", "Shape | None"], "str | None"]
 
 __all__ = [
     "LeafMap",
+    "check_report",
     "compile_patterns",
     "jax_key_map",
     "load_jax_params",
@@ -373,7 +375,8 @@ def load_jax_params(
             source=report.source,
             target=report.target,
         )
-    report.check(
+    check_report(
+        report,
         strict,
         hint="To load every tensor that fits and keep the rest freshly initialized, pass "
         "strict=False (`?strict=false`); to copy the overlapping slice of mismatched tensors, "
@@ -392,6 +395,16 @@ def load_jax_params(
                 continue
             target.copy_(torch.tensor(np.array(value), dtype=target.dtype))
     return report
+
+
+def check_report(report: CompatibilityReport, strict: bool, hint: str = "") -> None:
+    """Strict loading: refuse missing, unexpected or mismatched tensors.
+
+    ``partial`` entries pass: they exist only where the caller asked for them (``non_strict``).
+    """
+    refused = ("missing", "unexpected", "shape_mismatch")
+    if strict and any(e.status in refused for e in report.entries):
+        raise CheckpointMismatchError(report, hint)
 
 
 def _note_failure(entry: LeafReport, failed: Mapping[str, str]) -> LeafReport:
