@@ -1,0 +1,296 @@
+"""``octo_jax``: a released or finetuned Octo checkpoint behind the policy contract.
+
+    evalharness run --suite libero_spatial --policy "octo_jax:hf://rail-berkeley/octo-small-1.5?stats=bridge_dataset"
+    evalharness run --suite libero_spatial --policy "octo_jax:/ckpts/octo_libero?step=50000"
+
+Options (``?key=value``):
+
+=====================  ===========================================================================
+``step``               checkpoint step to load (default: the latest)
+``stats``              dataset-statistics entry for un-normalization (required when the file has
+                       several; the error lists them)
+``strict``             ``true`` (default) refuses a checkpoint that does not fit its config;
+                       ``false`` loads what fits and prints the compatibility report
+``tokenizer``          folder with the instruction tokenizer's ``tokenizer.json`` (overrides the
+                       name in config.json, e.g. ``t5-base`` offline, or ``tiny_t5``)
+``exec_horizon``       actions executed per chunk (default: the whole chunk)
+``temporal_ensemble``  exponential weight: ensemble overlapping chunks instead (Octo's wrapper)
+``seed``               PRNG seed of the diffusion sampler (default 0)
+``normalization``      ``normal`` | ``bounds``: how actions were normalized (default: the config's
+                       ``dataset_kwargs.action_proprio_normalization_type``, else ``normal``)
+``gripper``            the checkpoint's gripper convention: ``octo`` (1 open, 0 close; default),
+                       ``libero`` (already −1 open / +1 close) or ``none`` (no conversion)
+``resize``             ``policy`` (default): resize images here with lanczos3 + antialias, exactly
+                       as Octo's pipeline; ``env``: let the runner's ResizeImage do it
+=====================  ===========================================================================
+
+Per call: images resized to the checkpoint's sizes, instructions tokenized and T5-encoded
+once per distinct instruction (cached), one jitted forward + DDPM sampling per batch size,
+one PRNG split per call (upstream's ``supply_rng``), actions un-normalized and the gripper
+converted to LIBERO's convention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.common.normalization import (
+    DatasetStatistics,
+    Gripper,
+    NormalizationType,
+    select_statistics,
+)
+from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.octo.inputs import (
+    postprocess_actions,
+    prepare_observation,
+    prepare_tasks,
+)
+from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo_jax.loader import LoadedOcto, load_octo
+from evalharness.policies.octo_jax.model import OctoModule, predict_actions
+from evalharness.policies.octo_jax.t5 import T5Encoder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OctoJaxPolicy", "make_octo_jax_policy"]
+
+_OPTIONS = (
+    "step",
+    "stats",
+    "strict",
+    "tokenizer",
+    "exec_horizon",
+    "temporal_ensemble",
+    "seed",
+    "normalization",
+    "gripper",
+    "resize",
+)
+
+
+def _bool_option(value: str, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"octo_jax option {key}={value!r} must be true or false")
+
+
+def _int_option(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"octo_jax option {key}={value!r} must be an integer") from None
+
+
+class OctoJaxPolicy(Policy):
+    """Batched Octo inference in JAX; see the module docstring for options."""
+
+    def __init__(
+        self,
+        loaded: LoadedOcto,
+        statistics: DatasetStatistics | None,
+        tokenizer: TextTokenizer | None,
+        normalization: NormalizationType = NormalizationType.NORMAL,
+        gripper: Gripper | None = Gripper.OCTO,
+        seed: int = 0,
+        exec_horizon: int | None = None,
+        temporal_ensemble_weight: float | None = None,
+        resize_in_env: bool = False,
+    ) -> None:
+        self.loaded = loaded
+        self.statistics = statistics
+        self.tokenizer = tokenizer
+        self.normalization = normalization
+        self.gripper = gripper
+        self.seed = seed
+        head = loaded.config.model.action_head
+        self.embodiment_action_dim = statistics.action.dim if statistics else None
+        action_dim = min(head.action_dim, statistics.action.dim) if statistics else head.action_dim
+        inputs = loaded.inputs
+        self.spec = PolicySpec(
+            name="octo_jax",
+            window_size=inputs.window_size,
+            action_horizon=head.action_horizon,
+            action_dim=action_dim,
+            image_sizes=dict(inputs.obs_images) if resize_in_env else {},
+            needs_language=loaded.config.model.language_tokenizer is not None,
+            needs_goal_image=False,
+            exec_horizon=exec_horizon,
+            temporal_ensemble_weight=temporal_ensemble_weight,
+            dataset_statistics=_stats_summary(statistics),
+        )
+        ckpt = loaded.checkpoint
+        self.checkpoint = f"{ckpt.directory}@{ckpt.step}"
+        self._params = jax.device_put(loaded.params)
+        self._rng = jax.random.PRNGKey(seed)
+        self._language_cache: dict[str, np.ndarray] = {}
+        self._sample = jax.jit(
+            partial(_sample, loaded.module, self.embodiment_action_dim),
+        )
+        t5 = loaded.t5
+        self._encode = (
+            jax.jit(lambda p, ids, mask: T5Encoder(t5).apply({"params": p}, ids, mask))
+            if t5 is not None
+            else None
+        )
+
+    @property
+    def model_image_sizes(self) -> dict[str, tuple[int, int]]:
+        """The (height, width) per camera the checkpoint was trained on."""
+        return dict(self.loaded.inputs.obs_images)
+
+    def encode_instructions(self, instructions: Sequence[str]) -> np.ndarray:
+        """(B, tokens, d) language embeddings; each distinct instruction is encoded once, ever."""
+        new = [s for s in dict.fromkeys(instructions) if s not in self._language_cache]
+        if new:
+            if self.tokenizer is None or self._encode is None:
+                raise RuntimeError("this checkpoint's model has no text encoder")
+            ids = self.tokenizer.encode(new)
+            t5_params = self._params["octo_transformer"]["task_tokenizers_language"]["hf_model"]
+            embeddings = np.asarray(
+                self._encode(t5_params, ids["input_ids"], ids["attention_mask"])
+            )
+            for text, emb in zip(new, embeddings, strict=True):
+                self._language_cache[text] = emb
+        return np.stack([self._language_cache[s] for s in instructions])
+
+    def act(
+        self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
+    ) -> np.ndarray:
+        instructions = [str(s) for s in tasks["language_instruction"]]
+        batch = len(instructions)
+        inputs = self.loaded.inputs
+        lowdim_stats = {}
+        if self.statistics is not None and self.statistics.proprio is not None:
+            lowdim_stats = {"proprio": self.statistics.proprio}
+        observation = prepare_observation(obs, inputs, lowdim_stats, self.normalization)
+        if observation["timestep_pad_mask"].shape[0] != batch:
+            raise ValueError(
+                f"observations have batch {observation['timestep_pad_mask'].shape[0]} but "
+                f"{batch} instructions were given"
+            )
+        task = prepare_tasks(batch, inputs)
+        if self.spec.needs_language:
+            task["language_instruction"] = self.encode_instructions(instructions)
+            task["pad_mask_dict"]["language_instruction"] = np.ones(batch, dtype=bool)
+        self._rng, key = jax.random.split(self._rng)
+        actions = self.sample_normalized(observation, task, key)
+        action_stats = self.statistics.action if self.statistics else None
+        out = postprocess_actions(actions, action_stats, self.normalization, self.gripper)
+        return out[..., : self.spec.action_dim]
+
+    def sample_normalized(self, observation: Any, task: Any, key: jax.Array) -> np.ndarray:
+        """Normalized action chunks (B, H, A) from prepared inputs, upstream's RNG stream."""
+        # Upstream's draws need the pre-0.5 threefry; scoped to this call, not set globally.
+        with jax.threefry_partitionable(False):
+            return np.asarray(self._sample(self._params, observation, task, key))
+
+
+def _sample(
+    module: OctoModule,
+    embodiment_action_dim: int | None,
+    params: Any,
+    observation: Any,
+    task: Any,
+    key: jax.Array,
+) -> jax.Array:
+    outputs = module.apply(
+        {"params": params},
+        observation,
+        task,
+        jnp.asarray(observation["timestep_pad_mask"]),
+        method=OctoModule.run_transformer,
+    )
+    return predict_actions(
+        module.config, params["heads_action"], outputs, key, embodiment_action_dim
+    )
+
+
+def _stats_summary(statistics: DatasetStatistics | None) -> dict[str, Any] | None:
+    if statistics is None:
+        return None
+    summary: dict[str, Any] = {"key": statistics.key, "action": statistics.action.to_dict()}
+    if statistics.proprio is not None:
+        summary["proprio"] = statistics.proprio.to_dict()
+    return summary
+
+
+def make_octo_jax_policy(path: str | None = None, **options: str) -> OctoJaxPolicy:
+    """Factory for ``octo_jax:PATH[?options]`` (registered in ``policies/builtin.py``)."""
+    if not path:
+        raise ValueError(
+            "octo_jax needs a checkpoint: octo_jax:/path/to/checkpoint or octo_jax:hf://org/name"
+        )
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"octo_jax has no option(s) {unknown}; known: {', '.join(_OPTIONS)}")
+    step = parse_step(options.get("step"))
+    strict = _bool_option(options.get("strict", "true"), "strict")
+    seed = _int_option(options.get("seed", "0"), "seed")
+    loaded = load_octo(path, step=step, strict=strict, seed=seed)
+    if not loaded.report.compatible:
+        print(loaded.report.format())
+
+    ckpt = loaded.checkpoint
+    stats_source = str(ckpt.directory / "dataset_statistics.json")
+    statistics = (
+        select_statistics(ckpt.dataset_statistics, options.get("stats"), stats_source)
+        if ckpt.dataset_statistics
+        else None
+    )
+    if statistics is None:
+        log.warning("%s has no dataset statistics: actions are returned normalized", ckpt.name)
+
+    tokenizer = None
+    text = loaded.config.text_processor
+    if loaded.config.model.language_tokenizer is not None:
+        if text is None:
+            raise ValueError(
+                f"{ckpt.directory / 'config.json'}: the model has a language tokenizer but "
+                "text_processor is null; evalharness cannot tokenize instructions for it"
+            )
+        folder = resolve_tokenizer(text.tokenizer_name, ckpt.directory, options.get("tokenizer"))
+        tokenizer = TextTokenizer(folder, text)
+
+    default_norm = (ckpt.config.get("dataset_kwargs") or {}).get(
+        "action_proprio_normalization_type", "normal"
+    )
+    normalization = NormalizationType.parse(options.get("normalization", default_norm))
+    gripper_text = options.get("gripper", "octo")
+    gripper = None if gripper_text == "none" else Gripper.parse(gripper_text)
+    exec_horizon = (
+        _int_option(options["exec_horizon"], "exec_horizon") if "exec_horizon" in options else None
+    )
+    weight = None
+    if "temporal_ensemble" in options:
+        try:
+            weight = float(options["temporal_ensemble"])
+        except ValueError:
+            raise ValueError(
+                f"octo_jax option temporal_ensemble={options['temporal_ensemble']!r} must be a number"
+            ) from None
+    resize = options.get("resize", "policy")
+    if resize not in ("policy", "env"):
+        raise ValueError(f"octo_jax option resize={resize!r} must be 'policy' or 'env'")
+    return OctoJaxPolicy(
+        loaded,
+        statistics,
+        tokenizer,
+        normalization=normalization,
+        gripper=gripper,
+        seed=seed,
+        exec_horizon=exec_horizon,
+        temporal_ensemble_weight=weight,
+        resize_in_env=resize == "env",
+    )
