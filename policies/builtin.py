@@ -92,3 +92,5 @@ register_policy("scripted", "evalharness.policies.scripted.policy:make_scripted"
 register_policy("diffusion", "evalharness.policies.diffusion.policy:make_diffusion_policy")
 # Octo in PyTorch (JAX or torch checkpoints, no JAX import); lazy: importing it loads torch.
 register_policy("octo_pt", "evalharness.policies.octo_pt.policy:make_octo_pt_policy")
+# Octo in JAX/Flax (upstream-compatible checkpoints); lazy: importing it loads jax and flax.
+register_policy("octo_jax", "evalharness.policies.octo_jax.policy:make_octo_jax_policy")
