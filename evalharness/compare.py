@@ -510,7 +510,9 @@ def format_comparison(
             f"{disc:>8}  {_p(row['p_value']):>7}  {_verdict(row, 'A', 'B'):<14}  {text}"
         ).rstrip()
 
-    rows = comparison.to_dict("records")
+    rows: list[dict[str, Any]] = [
+        {str(k): v for k, v in r.items()} for r in comparison.to_dict("records")
+    ]
     for row in rows:
         if row["level"] == "task":
             text = str(row["instruction"])
@@ -628,9 +630,9 @@ def suite_table(runs: Sequence[RunResult], fmt: str = "markdown") -> str:
     for run in runs:
         summary = run.summary()
         cells: dict[str, tuple[float, float]] = {}
-        for row in summary[summary["level"] == "suite"].to_dict("records"):
-            p, n = float(row["success_rate"]), int(row["episodes"])
-            cells[str(row["suite"])] = (p, math.sqrt(p * (1.0 - p) / n))
+        for record in summary[summary["level"] == "suite"].to_dict("records"):
+            p, n = float(record["success_rate"]), int(record["episodes"])
+            cells[str(record["suite"])] = (p, math.sqrt(p * (1.0 - p) / n))
         if len(suites) > 1 and all(s in cells for s in suites):
             rates = [cells[s][0] for s in suites]
             ses = [cells[s][1] for s in suites]
@@ -643,7 +645,7 @@ def suite_table(runs: Sequence[RunResult], fmt: str = "markdown") -> str:
     best = {
         c: max((cells[c][0] for cells in per_run if c in cells), default=math.nan) for c in columns
     }
-    rows = []
+    table: list[list[str]] = []
     for run, cells in zip(runs, per_run, strict=True):
         row = [_cell(run.label, fmt)]
         for c in columns:
@@ -657,13 +659,13 @@ def suite_table(runs: Sequence[RunResult], fmt: str = "markdown") -> str:
             if len(runs) > 1 and p == best[c]:
                 text = _bold(text, fmt)
             row.append(text)
-        rows.append(row)
+        table.append(row)
     header = ["Run", *(SUITE_TITLES.get(c, c) for c in columns)]
     caption = (
         "Success rate (%) ± binomial standard error over each suite's episodes; best per "
         "column in bold."
     )
-    return _render(header, rows, fmt, caption, ["l"] + ["r"] * len(columns))
+    return _render(header, table, fmt, caption, ["l"] + ["r"] * len(columns))
 
 
 def paired_table(

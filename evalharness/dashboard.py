@@ -23,6 +23,7 @@ import os
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -644,13 +645,16 @@ _JS = """
 """
 
 
+def _section(meta: dict[str, Any], key: str) -> dict[str, Any]:
+    value = meta.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _runs_table(runs: Sequence[RunResult]) -> str:
     rows = []
     for i, run in enumerate(runs):
         meta = run.meta
-        protocol = meta.get("protocol") if isinstance(meta.get("protocol"), dict) else {}
-        versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        protocol, versions, config = (_section(meta, k) for k in ("protocol", "versions", "config"))
         rows.append(
             f"<tr><td>{_swatch(i)}<b>{_e(run.label)}</b>{' (baseline)' if i == 0 and len(runs) > 1 else ''}</td>"
             f"<td>{_e(meta.get('policy', ''))}</td><td>{_e(config.get('checkpoint', '') or '')}</td>"
