@@ -1,0 +1,9 @@
+"""The data layer's one error type."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read as the spec says: missing keys, bad dtypes or shapes,
+    corrupt records. The message names the file, the key and what was expected, so the fix is
+    obvious without opening the file in a debugger."""
