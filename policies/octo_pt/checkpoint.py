@@ -48,7 +48,7 @@ from evalharness.policies.octo.checkpoint import (
     shim_config,
     shim_example_batch,
 )
-from evalharness.policies.octo.config import OctoConfig
+from evalharness.policies.octo.config import ImageTokenizerConfig, OctoConfig
 from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.inputs import OctoInputSpec
 from evalharness.policies.octo.text import T5EncoderConfig, t5_config_from_params
@@ -115,7 +115,7 @@ def _encoder_names(config: OctoConfig) -> dict[str, str]:
     return {
         name: tok.encoder.kind
         for name, tok in config.model.observation_tokenizers
-        if hasattr(tok, "encoder") and hasattr(tok.encoder, "kind")
+        if isinstance(tok, ImageTokenizerConfig)
     }
 
 

@@ -48,10 +48,12 @@ from evalharness.policies.common.compat import (
 from evalharness.policies.octo_pt.model import (
     ContinuousActionHead,
     DiffusionActionHead,
+    EncoderBlock,
     ImageTokenizer,
     LanguageTokenizer,
     MAPHead,
     MlpBlock,
+    MLPResNetBlock,
     MultiHeadAttention,
     OctoModel,
     PatchEncoder,
@@ -236,6 +238,7 @@ def jax_key_map(
         )
     blocks = f"{J}/BlockTransformer_0/Transformer_0"
     for i, block in enumerate(ot.transformer.blocks):
+        assert isinstance(block, EncoderBlock)
         tp, jp = f"octo_transformer.transformer.blocks.{i}", f"{blocks}/encoderblock_{i}"
         _norm(out, f"{tp}.norm1", f"{jp}/LayerNorm_0")
         _attention(out, f"{tp}.attention", f"{jp}/MultiHeadDotProductAttention_0", block.attention)
@@ -256,6 +259,7 @@ def jax_key_map(
             _linear(out, f"{tp}.cond_fc2", f"{jp}/cond_encoder/Dense_1", net.cond_fc2)
             _linear(out, f"{tp}.input_proj", f"{jp}/reverse_network/Dense_0", net.input_proj)
             for i, blk in enumerate(net.blocks):
+                assert isinstance(blk, MLPResNetBlock)
                 bp, bj = f"{tp}.blocks.{i}", f"{jp}/reverse_network/MLPResNetBlock_{i}"
                 if isinstance(blk.norm, nn.LayerNorm):
                     _norm(out, f"{bp}.norm", f"{bj}/LayerNorm_0")
@@ -408,7 +412,7 @@ def check_report(report: CompatibilityReport, strict: bool, hint: str = "") -> N
 
 
 def _note_failure(entry: LeafReport, failed: Mapping[str, str]) -> LeafReport:
-    if entry.source_key in failed and entry.status != "skipped":
+    if entry.source_key is not None and entry.source_key in failed and entry.status != "skipped":
         why = failed[entry.source_key]
         text = f"{entry.explanation}; {why}" if entry.explanation else why
         return LeafReport(

@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def attention_rule_mask(
     ``use_correct_attention=False`` reproduces the released v1.0 models: upstream attributed
     the first token of each group to the previous group (``searchsorted(..., side="left")``).
     """
-    side = "right" if use_correct_attention else "left"
+    side: Literal["left", "right"] = "right" if use_correct_attention else "left"
     n_prefix = sum(g.num_tokens for g in prefix)
     per_step = sum(g.num_tokens for g in timestep)
     total = n_prefix + per_step * horizon
@@ -429,6 +429,8 @@ class LowdimObsTokenizer(nn.Module):
     bins (uniform in [low, high], or Gaussian quantiles), as upstream's ``BinTokenizer``.
     """
 
+    thresholds: torch.Tensor
+
     def __init__(
         self,
         obs_keys: Sequence[str],
@@ -748,6 +750,10 @@ def _pool(readout: TokenGroup, map_head: MAPHead | None) -> torch.Tensor:
 
 class DiffusionActionHead(nn.Module):
     """DDPM head over the pooled readout: 20 cosine-schedule steps, clipped to ±max_action."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alpha_hats: torch.Tensor
 
     def __init__(
         self,

@@ -175,8 +175,11 @@ class T5Encoder(nn.Module):
             raise TypeError(f"T5 input_ids must be integer token ids, got {input_ids.dtype}")
         x = self.shared(input_ids)
         length = input_ids.shape[1]
-        first = self.encoder.block[0].layer[0].SelfAttention
-        assert isinstance(first, T5Attention)
+        block0 = self.encoder.block[0]
+        assert isinstance(block0, T5Block)
+        layer0 = block0.layer[0]
+        assert isinstance(layer0, T5SelfAttentionLayer)
+        first = layer0.SelfAttention
         bias = first.position_bias(length, x.device).to(x.dtype)
         if attention_mask is not None:
             # Additive minimum, as upstream: a padded key gets zero weight, and a row whose
