@@ -27,17 +27,23 @@ from evalharness.results import read_episodes, summarize
 from evalharness.stats import PairedTable, mcnemar_exact_p, paired_difference_ci
 
 __all__ = [
+    "COMPARISON_COLUMNS",
     "PAIR_KEY",
     "ComparisonError",
     "Mismatch",
     "RunResult",
     "compare_runs",
     "find_train_log",
+    "flatten",
     "format_comparison",
+    "is_critical",
     "load_run",
     "load_runs",
+    "mismatch_warnings",
+    "pair_episodes",
     "paired_table",
     "run_differences",
+    "suite_order",
     "suite_table",
     "task_labels",
 ]
