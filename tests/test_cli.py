@@ -58,7 +58,7 @@ def test_protocols_lists_the_presets(capsys: pytest.CaptureFixture[str]) -> None
     ("argv", "message"),
     [
         (["run", "--suite", "libero_nope", "--policy", "zero"], "known suites: libero_spatial"),
-        (["run", "--suite", "libero_spatial", "--policy", "nope"], "known policies: random, zero"),
+        (["run", "--suite", "libero_spatial", "--policy", "nope"], "unknown policy 'nope'"),
         (["run", "--suite", "libero_spatial", "--policy", "zero?x"], "malformed options"),
         (["run", "--suite", "libero_spatial", "--policy", "zero", "--tasks", "12"], "0..9"),
         (["run", "--suite", "libero_spatial", "--policy", "zero", "--protocol", "x"], "openvla"),
