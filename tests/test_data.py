@@ -657,3 +657,10 @@ def test_dataset_statistics_json_has_octo_single_dataset_layout(tmp_path):
     assert len(data["proprio"]["mean"]) == 8
     normalized = normalize_batch({"action": np.asarray(data["action"]["mean"])[None]}, data)
     np.testing.assert_allclose(normalized["action"][0, :6], 0.0, atol=1e-6)
+
+
+def test_standardize_episode_names_a_missing_source_key():
+    with pytest.raises(
+        DatasetError, match=r"no 'obs/agentview_rgb' \(spec 'libero'\); available: actions"
+    ):
+        standardize_episode({"actions": np.zeros((2, 7))}, "x", LIBERO, "mem", "0")

@@ -64,6 +64,13 @@ def standardize_episode(
     ``spec.action_key`` as read from the file. Errors name ``source`` (file and episode).
     """
     where = f"{source} [{episode_id}]"
+    needed = [*spec.image_keys.values(), *spec.proprio_keys, spec.action_key]
+    missing = [k for k in needed if k not in raw]
+    if missing:
+        raise DatasetError(
+            f"{where}: no {missing[0]!r} (spec {spec.name!r}); available: "
+            f"{', '.join(sorted(raw)) or 'nothing'}"
+        )
     action = as_float32(raw[spec.action_key], where, spec.action_key)
     if action.ndim != 2 or action.shape[0] == 0:
         raise DatasetError(
