@@ -475,6 +475,93 @@ def test_octo_pt_path_never_imports_jax_flax_or_transformers() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+# -- the same model in JAX (runs where both extras are installed; CI installs both) ---------------
+
+
+@pytest.fixture(scope="module")
+def jax_loaded() -> Any:
+    pytest.importorskip("jax")
+    pytest.importorskip("flax")
+    from evalharness.policies.octo_jax.loader import load_octo
+
+    return load_octo(OCTO)
+
+
+def _jax_readouts(jax_loaded: Any, obs: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    import jax.numpy as jnp
+
+    from evalharness.policies.octo_jax.model import OctoModule
+
+    return dict(
+        jax_loaded.module.apply(
+            {"params": jax_loaded.params},
+            obs,
+            task,
+            jnp.asarray(obs["timestep_pad_mask"]),
+            method=OctoModule.run_transformer,
+        )
+    )
+
+
+def test_octo_jax_and_octo_pt_give_the_same_transformer_outputs(
+    jax_loaded: Any, outputs: dict[str, Any], inputs: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    theirs = _jax_readouts(jax_loaded, *inputs)
+    assert sorted(theirs) == sorted(outputs)
+    assert _max_abs(theirs["readout_action"].tokens, outputs["readout_action"].tokens) <= 1e-4
+    for name, group in theirs.items():
+        assert _max_abs(group.tokens, outputs[name].tokens) <= 1e-4, name
+
+
+def test_both_families_read_the_same_preprocessed_observations(
+    jax_loaded: Any, loaded: LoadedOcto, policy: Any
+) -> None:
+    obs, tasks = _standard_batch(3)
+    observation, task = policy.model_inputs(obs, tasks["language_instruction"])
+    theirs = _jax_readouts(jax_loaded, observation, task)["readout_action"].tokens
+    o, t = _tensors(observation), _tensors(task)
+    with torch.inference_mode():
+        ours = loaded.model(o, t, o["timestep_pad_mask"])["readout_action"].tokens
+    assert _max_abs(theirs, ours) <= 1e-4
+
+
+def test_jax_loader_and_torch_loader_explain_a_changed_horizon_identically(tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    pytest.importorskip("flax")
+    from evalharness.policies.octo_jax.loader import load_octo
+
+    # the fixture with action_horizon edited to 2 in config.json (what users do, octo issue #97)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    config = load_checkpoint(OCTO).config
+    config = {**config, "model": _override_model(HORIZON_2)}
+    (edited / "config.json").write_text(json.dumps(config))
+    for name in ("example_batch.msgpack", "dataset_statistics.json", "300000"):
+        (edited / name).symlink_to(OCTO / name)
+    with pytest.raises(CheckpointMismatchError) as jax_error:
+        load_octo(edited)
+    with pytest.raises(CheckpointMismatchError) as torch_error:
+        load_octo_pt(edited)
+    jax_why = {e.key: e.explanation for e in jax_error.value.report.mismatched}
+    torch_why = {e.source_key: e.explanation for e in torch_error.value.report.mismatched}
+    assert DENSE_0 in jax_why and "action_horizon changed 4 → 2" in jax_why[DENSE_0]
+    assert torch_why == jax_why
+    assert jax_error.value.report.explanations == torch_error.value.report.explanations
+
+
+def test_cached_language_embeddings_equal_the_token_id_path(
+    policy: Any, loaded: LoadedOcto
+) -> None:
+    obs, tasks = _standard_batch()
+    observation, task = policy.model_inputs(obs, tasks["language_instruction"])
+    o, t = _tensors(observation), _tensors(task)
+    with torch.inference_mode():
+        by_ids = policy.model(o, t, o["timestep_pad_mask"])["readout_action"].tokens
+        t["language_instruction"] = policy.encode_instructions(tasks["language_instruction"])
+        cached = policy.model(o, t, o["timestep_pad_mask"])["readout_action"].tokens
+    assert torch.equal(by_ids, cached)
+
+
 # -- end to end --------------------------------------------------------------------------------
 
 

@@ -5,10 +5,12 @@
 
 Per query, for a batch of envs (the same steps as ``octo_jax``, through the same shared code in
 ``policies/octo/inputs.py``): resize images to the checkpoint's sizes (numpy lanczos3, as
-Octo's ``ResizeImageWrapper``), mark missing cameras and padded history steps, tokenize the
-instructions (``policies/octo/text.py``), run the transformer and the action head under
-``torch.inference_mode``, un-normalize with the dataset statistics and convert the gripper to
-LIBERO's convention.
+Octo's ``ResizeImageWrapper``), mark missing cameras and padded history steps, tokenize and
+T5-encode each distinct instruction once (cached; ``policies/octo/text.py``), run the
+transformer and the action head under ``torch.inference_mode``, un-normalize with the dataset
+statistics and convert the gripper to LIBERO's convention. Diffusion noise comes from one torch
+generator per episode (seeded by ``episode_seed`` and ``seed``), drawn on the CPU, so an
+episode's actions do not depend on the device or on what else shares its batch.
 
 Options (``?key=value&...``):
 
@@ -17,9 +19,12 @@ Options (``?key=value&...``):
 - ``step``: which ``<step>`` folder to load (default: the latest).
 - ``stats``: dataset key in a multi-dataset ``dataset_statistics.json``
   (e.g. ``libero_spatial_no_noops``); not needed when the file holds one dataset.
-- ``normalization``: ``normal`` (default) or ``bounds``, how actions were normalized.
-- ``gripper``: the model's gripper convention, ``octo`` (default: 1 open, 0 closed) or
-  ``libero`` (already −1 open, +1 close); converted to LIBERO's.
+- ``normalization``: ``normal`` or ``bounds``, how actions were normalized (default: the
+  config's ``dataset_kwargs.action_proprio_normalization_type``, else ``normal``).
+- ``gripper``: the model's gripper convention, ``octo`` (default: 1 open, 0 closed),
+  ``libero`` (already −1 open, +1 close) or ``none`` (no conversion).
+- ``resize``: ``policy`` (default) resizes images here (lanczos3 + antialias, as Octo's
+  pipeline and ``octo_jax``); ``env`` declares the sizes so the runner's ResizeImage does it.
 - ``strict``: ``false`` to load what fits and initialize the rest fresh (reported).
 - ``skip``: regex; parameters whose torch name or Flax path it finds keep fresh values.
 - ``non_strict``: regex; matching parameters with another shape get the overlapping slice.
@@ -72,6 +77,7 @@ OPTIONS = (
     "seed",
     "exec_horizon",
     "temporal_ensemble",
+    "resize",
 )
 
 
@@ -83,21 +89,22 @@ def to_torch(tree: Any, device: torch.device) -> Any:
 
 
 class OctoPtPolicy(Policy):
-    """Batched Octo inference in torch for a loaded checkpoint."""
+    """Batched Octo inference in torch for a loaded checkpoint (options: module docstring)."""
 
     def __init__(
         self,
         loaded: LoadedOcto,
         *,
-        statistics: DatasetStatistics,
+        statistics: DatasetStatistics | None,
         tokenizer: TextTokenizer | None,
         device: str | torch.device = "cpu",
         compile: bool = False,
         normalization: NormalizationType | str = NormalizationType.NORMAL,
-        gripper: Gripper | str = Gripper.OCTO,
+        gripper: Gripper | str | None = Gripper.OCTO,
         seed: int = 0,
         exec_horizon: int | None = None,
         temporal_ensemble: float | None = None,
+        resize_in_env: bool = False,
     ) -> None:
         self.loaded = loaded
         self.checkpoint = str(loaded.directory)
@@ -111,12 +118,12 @@ class OctoPtPolicy(Policy):
         self.statistics = statistics
         self.tokenizer = tokenizer
         self.normalization = NormalizationType.parse(normalization)
-        self.gripper = Gripper.parse(gripper)
+        self.gripper = None if gripper is None else Gripper.parse(gripper)
         self.seed = int(seed)
         self.inputs = OctoInputSpec.from_example_batch(
             loaded.example_batch,
             loaded.config.window_size,
-            source=f"{loaded.directory}/example_batch",
+            source=f"{loaded.directory}/example_batch.msgpack",
         )
         head = dict(self.model.heads.items()).get("action")
         if not isinstance(head, (DiffusionActionHead, ContinuousActionHead)):
@@ -124,22 +131,32 @@ class OctoPtPolicy(Policy):
                 f"{loaded.name}: the model has no 'action' head; heads: {list(self.model.heads)}"
             )
         self.head = head
-        self.embodiment_action_dim = statistics.action.dim
+        language = dict(self.model.octo_transformer.task_tokenizers.items()).get("language")
+        self._t5 = getattr(language, "t5", None)
         needs_language = loaded.config.model.language_tokenizer is not None
         if needs_language and tokenizer is None:
             raise ValueError(f"{loaded.name}: the model takes language but no tokenizer was given")
-        self._needs_language = needs_language and self.inputs.language_length is not None
+        self._encodes_language = needs_language and self.inputs.language_length is not None
+        self.embodiment_action_dim = statistics.action.dim if statistics else None
+        action_dim = min(head.action_dim, statistics.action.dim) if statistics else head.action_dim
+        summary: dict[str, Any] | None = None
+        if statistics is not None:
+            summary = {"key": statistics.key, "action": statistics.action.to_dict()}
+            if statistics.proprio is not None:
+                summary["proprio"] = statistics.proprio.to_dict()
         self.spec = PolicySpec(
             name="octo_pt",
             window_size=self.inputs.window_size,
             action_horizon=head.action_horizon,
-            action_dim=statistics.action.dim,
-            needs_language=self._needs_language,
+            action_dim=action_dim,
+            image_sizes=dict(self.inputs.obs_images) if resize_in_env else {},
+            needs_language=needs_language,
             exec_horizon=exec_horizon,
             temporal_ensemble_weight=temporal_ensemble,
-            dataset_statistics={"key": statistics.key, "action": statistics.action.to_dict()},
+            dataset_statistics=summary,
         )
         self._generators: dict[int, torch.Generator] = {}
+        self._language_cache: dict[str, torch.Tensor] = {}
 
     def reset(self, batch_size: int) -> None:
         """Forget the per-episode noise generators."""
@@ -147,16 +164,15 @@ class OctoPtPolicy(Policy):
 
     def _generator(self, episode_seed: int) -> torch.Generator:
         if episode_seed not in self._generators:
-            state = np.random.SeedSequence(
-                [self.seed, int(episode_seed) & 0xFFFFFFFF]
-            ).generate_state(2)
+            entropy = [self.seed & 0xFFFFFFFF, int(episode_seed) & 0xFFFFFFFF]
+            state = np.random.SeedSequence(entropy).generate_state(2)
             gen = torch.Generator(device="cpu")
             gen.manual_seed(int(state[0]) << 32 | int(state[1]))
             self._generators[episode_seed] = gen
         return self._generators[episode_seed]
 
     def _noise(self, seeds: Sequence[int], window: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-episode DDPM noise (drawn on CPU, so results do not depend on device or batch)."""
+        """Per-episode DDPM noise (initial, per step), drawn on CPU from each episode's generator."""
         if not isinstance(self.head, DiffusionActionHead):
             return None
         flat = self.head.action_horizon * self.head.action_dim
@@ -171,8 +187,8 @@ class OctoPtPolicy(Policy):
     def model_inputs(
         self, obs: Mapping[str, np.ndarray], instructions: Sequence[str]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Octo's ``observation`` and ``task`` dicts (numpy) for a batch of standard observations."""
-        proprio = self.statistics.proprio
+        """Octo's ``observation`` and ``task`` dicts (numpy, token ids) for standard observations."""
+        proprio = self.statistics.proprio if self.statistics is not None else None
         lowdim = (
             {"proprio": proprio}
             if proprio is not None and "proprio" in self.inputs.lowdim
@@ -180,11 +196,30 @@ class OctoPtPolicy(Policy):
         )
         observation = prepare_observation(obs, self.inputs, lowdim, self.normalization)
         batch = observation["timestep_pad_mask"].shape[0]
+        if batch != len(instructions):
+            raise ValueError(
+                f"observations have batch {batch} but {len(instructions)} instructions were given"
+            )
         language = None
-        if self._needs_language:
+        if self._encodes_language:
             assert self.tokenizer is not None
             language = self.tokenizer.encode(list(instructions))
         return observation, prepare_tasks(batch, self.inputs, language)
+
+    def encode_instructions(self, instructions: Sequence[str]) -> torch.Tensor:
+        """(B, tokens, d) T5 embeddings on the device; each distinct instruction encoded once."""
+        new = [s for s in dict.fromkeys(instructions) if s not in self._language_cache]
+        if new:
+            assert self.tokenizer is not None and self._t5 is not None
+            ids = self.tokenizer.encode(new)
+            with torch.inference_mode():
+                emb = self._t5(
+                    torch.as_tensor(ids["input_ids"], device=self.device),
+                    torch.as_tensor(ids["attention_mask"], device=self.device),
+                )
+            for text, row in zip(new, emb, strict=True):
+                self._language_cache[text] = row
+        return torch.stack([self._language_cache[s] for s in instructions])
 
     def act(
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
@@ -200,13 +235,16 @@ class OctoPtPolicy(Policy):
         noise = self._noise(seeds, window)
         with torch.inference_mode():
             o, t = to_torch(observation, self.device), to_torch(task, self.device)
+            if self._encodes_language and self._t5 is not None:
+                # Language tokens depend on the instruction alone: reuse their embeddings.
+                t["language_instruction"] = self.encode_instructions(instructions)
             actions = self.model.sample_actions(
                 o, t, embodiment_action_dim=self.embodiment_action_dim, noise=noise
             )
             normalized = actions.float().cpu().numpy()
-        return postprocess_actions(
-            normalized, self.statistics.action, self.normalization, self.gripper
-        )
+        stats = self.statistics.action if self.statistics is not None else None
+        out = postprocess_actions(normalized, stats, self.normalization, self.gripper)
+        return out[..., : self.spec.action_dim]
 
 
 def _bool(options: Mapping[str, str], key: str, default: bool) -> bool:
@@ -227,14 +265,15 @@ def _number(options: Mapping[str, str], key: str, kind: type) -> Any:
     try:
         return kind(options[key])
     except ValueError:
+        what = "an integer" if kind is int else "a number"
         raise ValueError(
-            f"policy 'octo_pt': option {key}={options[key]!r} must be {'an integer' if kind is int else 'a number'}"
+            f"policy 'octo_pt': option {key}={options[key]!r} must be {what}"
         ) from None
 
 
 def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
     """Build the ``octo_pt`` policy from ``octo_pt:PATH?options`` (see the module docstring)."""
-    if path is None:
+    if not path:
         raise ValueError(
             "policy 'octo_pt' needs a checkpoint: octo_pt:/path/to/ckpt (an upstream Octo JAX "
             "checkpoint directory, an octo_pt torch checkpoint, or hf://org/name)"
@@ -244,6 +283,9 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
         raise ValueError(
             f"policy 'octo_pt' has no option(s) {unknown}; known: {', '.join(OPTIONS)}"
         )
+    resize = options.get("resize", "policy")
+    if resize not in ("policy", "env"):
+        raise ValueError(f"policy 'octo_pt': option resize={resize!r} must be 'policy' or 'env'")
     loaded = load_octo_pt(
         path,
         step=parse_step(options.get("step")),
@@ -255,26 +297,42 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
         warnings.warn(
             f"octo_pt {loaded.name}: loaded non-strictly\n{loaded.report.format()}", stacklevel=2
         )
-    statistics = select_statistics(
-        loaded.dataset_statistics,
-        options.get("stats"),
-        source=f"{loaded.directory}/dataset_statistics.json",
-    )
+    statistics = None
+    if loaded.dataset_statistics:
+        statistics = select_statistics(
+            loaded.dataset_statistics,
+            options.get("stats"),
+            source=f"{loaded.directory}/dataset_statistics.json",
+        )
+    else:
+        warnings.warn(
+            f"octo_pt {loaded.name}: no dataset statistics; actions are returned normalized",
+            stacklevel=2,
+        )
     tokenizer = None
     text = loaded.config.text_processor
-    if text is not None and loaded.config.model.language_tokenizer is not None:
+    if loaded.config.model.language_tokenizer is not None:
+        if text is None:
+            raise ValueError(
+                f"{loaded.directory / 'config.json'}: the model has a language tokenizer but "
+                "text_processor is null; evalharness cannot tokenize instructions for it"
+            )
         folder = resolve_tokenizer(text.tokenizer_name, loaded.directory, options.get("tokenizer"))
         tokenizer = TextTokenizer(folder, text)
-    ensemble = _number(options, "temporal_ensemble", float)
+    default_norm = (loaded.raw_config.get("dataset_kwargs") or {}).get(
+        "action_proprio_normalization_type", "normal"
+    )
+    gripper = options.get("gripper", "octo")
     return OctoPtPolicy(
         loaded,
         statistics=statistics,
         tokenizer=tokenizer,
         device=options.get("device", "cpu"),
         compile=_bool(options, "compile", False),
-        normalization=options.get("normalization", NormalizationType.NORMAL),
-        gripper=options.get("gripper", Gripper.OCTO),
+        normalization=options.get("normalization", default_norm),
+        gripper=None if gripper == "none" else gripper,
         seed=_number(options, "seed", int) or 0,
         exec_horizon=_number(options, "exec_horizon", int),
-        temporal_ensemble=ensemble,
+        temporal_ensemble=_number(options, "temporal_ensemble", float),
+        resize_in_env=resize == "env",
     )
