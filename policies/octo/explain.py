@@ -69,7 +69,7 @@ def _head(key: str, config: OctoModelConfig) -> DiffusionHeadConfig | Continuous
     return dict(config.heads).get(match.group(1))
 
 
-def _diffusion(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _diffusion(key, ckpt, model, config, inputs) -> str | None:
     if not key.endswith("reverse_network/Dense_0/kernel"):
         return None
     head = _head(key, config)
@@ -106,7 +106,7 @@ def _diffusion(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[
     return "; ".join(parts) or None
 
 
-def _action_outputs(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _action_outputs(key, ckpt, model, config, inputs) -> str | None:
     is_out = re.search(r"reverse_network/Dense_1/(kernel|bias)$|mean_proj/(kernel|bias)$", key)
     if not is_out:
         return None
@@ -124,7 +124,7 @@ def _action_outputs(key, ckpt, model, config, inputs) -> str | None:  # type: ig
     return f"checkpoint outputs {out_c} actions values per step, this config {out_m} = action {a} × horizon {h}"
 
 
-def _tokenizer_for_group(group: str, config: OctoModelConfig):  # type: ignore[no-untyped-def]
+def _tokenizer_for_group(group: str, config: OctoModelConfig):
     if group.startswith("obs_"):
         return dict(config.observation_tokenizers).get(group[4:])
     if group.startswith("task_"):
@@ -143,7 +143,7 @@ def _image_key(tok: ImageTokenizerConfig, inputs: OctoInputSpec | None) -> tuple
     return (tok.obs_stack_keys[0] if tok.obs_stack_keys else "image"), "?"
 
 
-def _pos_embedding(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _pos_embedding(key, ckpt, model, config, inputs) -> str | None:
     match = re.search(r"(?:^|/)([a-z]+_[A-Za-z0-9_]+?)_pos_embedding$", key)
     if not match:
         return None
@@ -184,7 +184,7 @@ def _pos_embedding(key, ckpt, model, config, inputs) -> str | None:  # type: ign
     return "; ".join(parts) or None
 
 
-def _projection(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _projection(key, ckpt, model, config, inputs) -> str | None:
     match = re.search(r"(?:^|/)([a-z]+_[A-Za-z0-9_]+?)_projection/(kernel|bias)$", key)
     if not match:
         return None
@@ -206,7 +206,7 @@ def _projection(key, ckpt, model, config, inputs) -> str | None:  # type: ignore
     return None
 
 
-def _stem(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _stem(key, ckpt, model, config, inputs) -> str | None:
     if "/StdConv_0/kernel" in key and len(ckpt) == 4 and ckpt[2] != model[2]:
         return (
             f"first conv takes {ckpt[2]} channels in the checkpoint, {model[2]} here: 3 per "
@@ -218,7 +218,7 @@ def _stem(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-un
     return None
 
 
-def _transformer(key, ckpt, model, config, inputs) -> str | None:  # type: ignore[no-untyped-def]
+def _transformer(key, ckpt, model, config, inputs) -> str | None:
     if "BlockTransformer_0" not in key and "map_head" not in key:
         return None
     e = config.token_embedding_size

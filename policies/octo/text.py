@@ -88,15 +88,17 @@ def resolve_tokenizer(
     hub_error = ""
     if allow_download and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         repo = _HUB_ALIASES.get(name, name)
+        # Bare names other than the known aliases are almost always local folders that were
+        # not found; ask only the local cache for them instead of retrying the network.
+        cache_only = "/" not in repo
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(repo, "tokenizer.json"))
+            path = Path(hf_hub_download(repo, "tokenizer.json", local_files_only=cache_only))
             return path.parent
         except Exception as exc:  # offline, unknown repo, no huggingface_hub
-            hub_error = (
-                f"; the Hugging Face hub ({repo}) failed: {type(exc).__name__}: {str(exc)[:160]}"
-            )
+            where = "Hugging Face cache" if cache_only else "Hugging Face hub"
+            hub_error = f"; the {where} ({repo}) failed: {type(exc).__name__}: {str(exc)[:120]}"
     raise TokenizerNotFoundError(
         f"cannot find the tokenizer {name!r} named by the checkpoint's config "
         f"(text_processor.tokenizer_name). Looked in: {', '.join(tried)}{hub_error}. "

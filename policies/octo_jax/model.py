@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -351,7 +351,7 @@ def rule_mask(
     pre-1.5 code used side="left", which attributes the first token of each group to the
     previous group (obs tokens then see the readout); ``use_correct_attention`` selects "right".
     """
-    side = "right" if use_correct_attention else "left"
+    side: Literal["left", "right"] = "right" if use_correct_attention else "left"
     groups = [*prefix, *timestep]
     n_prefix = sum(g.n_tokens for g in prefix)
     per_step = sum(g.n_tokens for g in timestep)
@@ -640,12 +640,16 @@ class ScoreActor(nn.Module):
         return self.reverse_network(jnp.concatenate([cond, obs_enc, actions], axis=-1), train=train)
 
 
-def cosine_beta_schedule(steps: int, s: float = 0.008) -> jax.Array:
-    """Upstream's cosine schedule, in float32 as upstream computes it."""
-    t = jnp.linspace(0, steps, steps + 1) / steps
-    alphas_cumprod = jnp.cos((t + s) / (1 + s) * jnp.pi * 0.5) ** 2
+def cosine_beta_schedule(steps: int, s: float = 0.008) -> np.ndarray:
+    """Upstream's cosine schedule in float32.
+
+    Computed with numpy: XLA's float32 ``cos`` changed since jax 0.4.20 and lands further from
+    upstream's numbers (1.2e-6) than numpy's float32 does (1.8e-7).
+    """
+    t = np.linspace(0, steps, steps + 1, dtype=np.float32) / np.float32(steps)
+    alphas_cumprod = np.cos((t + s) / (1 + s) * np.pi * 0.5).astype(np.float32) ** 2
     alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
-    return jnp.clip(1 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0, 0.999)
+    return np.clip(1 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0, 0.999).astype(np.float32)
 
 
 class DiffusionActionHead(nn.Module):
@@ -746,7 +750,7 @@ def diffusion_sample(
     module = DiffusionActionHead(head)
     batch, window = transformer_outputs[head.readout_key].tokens.shape[:2]
     flat = head.action_horizon * head.action_dim
-    betas = cosine_beta_schedule(head.diffusion_steps)
+    betas = jnp.asarray(cosine_beta_schedule(head.diffusion_steps))
     alphas = 1 - betas
     alpha_hats = jnp.cumprod(alphas)
     mask = jnp.ones((batch, window, head.action_horizon, head.action_dim), dtype=bool)
@@ -759,7 +763,7 @@ def diffusion_sample(
     ) -> tuple[tuple[jax.Array, jax.Array], None]:
         x, key_chain = carry
         t_input = jnp.broadcast_to(time, (*x.shape[:-1], 1))
-        eps = module.apply({"params": head_params}, transformer_outputs, t_input, x)
+        eps: jax.Array = module.apply({"params": head_params}, transformer_outputs, t_input, x)  # type: ignore[assignment]
         x = (1 / jnp.sqrt(alphas[time])) * (
             x - (1 - alphas[time]) / jnp.sqrt(1 - alpha_hats[time]) * eps
         )
@@ -787,5 +791,5 @@ def predict_actions(
     head = config.action_head
     if isinstance(head, DiffusionHeadConfig):
         return diffusion_sample(head, head_params, transformer_outputs, rng, embodiment_action_dim)
-    mean = ContinuousActionHead(head).apply({"params": head_params}, transformer_outputs)
+    mean: jax.Array = ContinuousActionHead(head).apply({"params": head_params}, transformer_outputs)  # type: ignore[assignment]
     return mean[:, -1]

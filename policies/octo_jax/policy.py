@@ -205,7 +205,7 @@ def _sample(
     task: Any,
     key: jax.Array,
 ) -> jax.Array:
-    outputs = module.apply(
+    outputs: dict[str, Any] = module.apply(  # type: ignore[assignment]
         {"params": params},
         observation,
         task,
