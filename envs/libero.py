@@ -59,6 +59,7 @@ SUITES: tuple[str, ...] = (
 ACTION_DIM = 7
 PROPRIO_DIM = 8
 CAMERAS = {"image_primary": "agentview", "image_wrist": "robot0_eye_in_hand"}
+_CAMERA_NAMES = frozenset(CAMERAS.values())
 
 
 @dataclass(frozen=True)
@@ -232,15 +233,18 @@ class LiberoEnv(gym.Env):
         if render_images:
             obs_spaces.update(image_primary=image, image_wrist=image)
         obs_spaces["proprio"] = spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32)
-        obs_spaces["language_instruction"] = spaces.Text(
-            max_length=1024, charset=string.printable
-        )
+        obs_spaces["language_instruction"] = spaces.Text(max_length=1024, charset=string.printable)
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
         self._env = self._build()
         self._render_images = True
         self.render_images = render_images
+        # Render schedule (see `set_render_schedule`): every observation by default.
+        self._render_period = 1
+        self._render_window = 1
+        self._render_now = True
+        self._cameras = self._install_render_gates()
         self._geoms: dict[str, np.ndarray] | None = None
         self._steps = 0
         self._episode_over = True
@@ -277,6 +281,89 @@ class LiberoEnv(gym.Env):
                 self._env.env.modify_observable(f"{camera}_image", "enabled", value)
             self._render_images = value
 
+    def set_render_schedule(self, exec_horizon: int = 1, window: int = 1) -> None:
+        """Render camera frames only for the observations a policy query will read.
+
+        With chunks of `exec_horizon` actions and a history of `window` observations, a policy
+        reads the observation after reset and those at episode steps `t` with
+        `(-t) % exec_horizon < window`; every other step needs physics only, and skipping its
+        two camera renders is most of a step's cost under software rendering. Observations of
+        skipped steps carry no image keys. The frames that are rendered are bit-identical to
+        those of an env that renders every step: robosuite samples cameras on its own clock
+        (drifting against the control steps, so a step can return the previous step's frame),
+        and a step is rendered whenever its frame can reach a read observation.
+        `set_render_schedule(1, 1)` (the default) renders every step; warm-up steps after a
+        reset are never read and are always skipped.
+        """
+        if exec_horizon < 1 or window < 1:
+            raise ValueError(
+                f"render schedule needs exec_horizon >= 1 and window >= 1, got "
+                f"{exec_horizon} and {window}"
+            )
+        self._render_period = int(exec_horizon)
+        self._render_window = int(window)
+
+    def _read(self, step: int) -> bool:
+        """Whether the observation after episode step `step` (0 = reset) is read."""
+        return (-step) % self._render_period < self._render_window
+
+    def _install_render_gates(self) -> list[Any]:
+        """Put a switch in front of each camera's sensor; [] where that is not safe."""
+        from robosuite.utils.observables import NO_DELAY
+
+        robosuite_env = self._env.env
+        observables = getattr(robosuite_env, "_observables", {})
+        cameras = [observables.get(f"{camera}_image") for camera in CAMERAS.values()]
+        needed = ("_sensor", "_time_since_last_sample", "_sampled", "_sampling_timestep")
+        if any(c is None or not all(hasattr(c, a) for a in needed) for c in cameras):
+            return []  # an unknown robosuite: render every step
+        if any(c._delayer is not NO_DELAY for c in cameras):
+            return []
+        for camera in cameras:
+            sensor = camera._sensor
+            blank = np.zeros(camera._data_shape, dtype=np.uint8)
+
+            def gated(obs_cache: Any, sensor: Any = sensor, blank: Any = blank) -> Any:
+                return sensor(obs_cache) if self._render_now else blank
+
+            gated.__modality__ = sensor.__modality__  # type: ignore[attr-defined]
+            camera._sensor = gated
+        return cameras
+
+    def _samples(self, intervals: list[tuple[int, bool]]) -> list[bool]:
+        """Whether robosuite's camera clock samples in each coming interval.
+
+        An interval is (substeps, forced): a control step is (substeps per step, False), a
+        forced observation update (reset, set_init_state) is (1, True). This replays
+        `Observable.update`'s float arithmetic exactly, so the prediction cannot drift.
+        """
+        dt = float(self._env.env.model_timestep)
+        result = [False] * len(intervals)
+        for camera in self._cameras:
+            time, sampled = camera._time_since_last_sample, camera._sampled
+            period = camera._sampling_timestep
+            for i, (substeps, forced) in enumerate(intervals):
+                for _ in range(substeps):
+                    time += dt
+                    if (not sampled and period >= time) or forced:
+                        result[i] = sampled = True
+                    if time >= period:
+                        if not sampled:
+                            result[i] = True
+                        time %= period
+                        sampled = False
+        return result
+
+    def _gate(self, read_now: bool, read_next: bool, forced: bool = False) -> None:
+        """Decide whether the coming interval renders: its frame is read now, or by the next
+        observation because the camera clock will not sample again before it."""
+        if not self._cameras or read_now:
+            self._render_now = True
+            return
+        substeps = int(round(self._env.env.control_timestep / self._env.env.model_timestep))
+        this = (1, True) if forced else (substeps, False)
+        self._render_now = read_next and not self._samples([this, (substeps, False)])[1]
+
     @property
     def num_init_states(self) -> int:
         return len(self._init_states)
@@ -294,7 +381,9 @@ class LiberoEnv(gym.Env):
         """The flattened MuJoCo state, as stored in LIBERO's init states and demos."""
         return np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
 
-    def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def _observation(self, raw: dict[str, Any], read: bool = True) -> dict[str, Any]:
+        if not read:  # a step skipped by the render schedule: its frames were never rendered
+            raw = {k: v for k, v in raw.items() if k[: -len("_image")] not in _CAMERA_NAMES}
         # robosuite hands out views of its render buffer; copy before the next render reuses it.
         self._last_raw = {k: np.array(v, copy=True) for k, v in raw.items()}
         proprio = np.concatenate(
@@ -323,7 +412,7 @@ class LiberoEnv(gym.Env):
         - `objects`: per object and fixture name, `pos` (3,), `mat` (3, 3), `bbox` (2, 3) world
           axis-aligned box (min, max) of its geoms, `extent` (2, 3) the same box in the object's
           own frame (its size whatever its yaw), `fixture` bool;
-        - `sites`: per BDDL region site, `pos` (3,), `mat` (3, 3);
+        - `sites`: per BDDL region site, `pos` (3,), `mat` (3, 3), `size` (its BDDL half sizes);
         - `joints`: per articulated object, fixture or region site, its non-free joint
           positions (drawer slides, stove knob, microwave door) as a float array;
         - `goal`: the BDDL goal as a list of predicates, e.g. `[["on", "bowl_1", "plate_1"]]`;
@@ -359,8 +448,9 @@ class LiberoEnv(gym.Env):
             name: {
                 "pos": np.array(data.get_site_xpos(name)),
                 "mat": np.array(data.get_site_xmat(name)).reshape(3, 3),
+                "size": np.asarray(site.size, dtype=float),
             }
-            for name in env.object_sites_dict
+            for name, site in env.object_sites_dict.items()
         }
         return {
             "eef_pos": np.array(data.site_xpos[eef_site]),
@@ -417,10 +507,16 @@ class LiberoEnv(gym.Env):
         self._make_context_current()
         if seed is not None:
             self._env.seed(seed)
+        # Only the last of reset, set_init_state and the warm-up steps is observed: the others
+        # skip their camera renders (see `_gate`).
+        wait = self.num_steps_wait
+        self._render_now = not self._cameras
         self._env.reset()
         self._reset_gripper_command()
+        self._gate(read_now=wait == 0, read_next=wait == 1, forced=True)
         raw = self._env.set_init_state(self._init_states[index])
-        for _ in range(self.num_steps_wait):
+        for i in range(1, wait + 1):
+            self._gate(read_now=i == wait, read_next=i + 1 == wait)
             raw, _, _, _ = self._env.step(self.wait_action)
         self._steps = 0
         self._episode_over = False
@@ -461,6 +557,8 @@ class LiberoEnv(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"LIBERO action contains NaN or inf: {action}")
         self._make_context_current()
+        read = self._read(self._steps + 1)
+        self._gate(read_now=read, read_next=self._read(self._steps + 2))
         raw, reward, done, _ = self._env.step(action)
         self._steps += 1
         # LIBERO overrides robosuite's done with its own goal check: done == success.
@@ -468,7 +566,8 @@ class LiberoEnv(gym.Env):
         terminated = success
         truncated = not terminated and self._steps >= self.max_steps
         self._episode_over = terminated or truncated
-        return self._observation(raw), float(reward), terminated, truncated, self._info(success)
+        obs = self._observation(raw, read)
+        return obs, float(reward), terminated, truncated, self._info(success)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or not self._last_obs:

@@ -11,13 +11,16 @@ outcome independent of which other episodes shared its batches, so `--resume` an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -29,9 +32,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evalharness import __version__
+from evalharness import __version__, faults
 from evalharness.envs.libero import TaskInfo, get_task, list_tasks
-from evalharness.policies.base import Policy, check_actions
+from evalharness.identity import (
+    checkpoint_digest,
+    differing_fields,
+    identity_hash,
+    lookup,
+    normalize,
+    outcome_versions,
+)
+from evalharness.policies.base import Policy, PolicyOutputError, check_actions
+from evalharness.policies.registry import parse_policy_string
 from evalharness.protocols import Protocol
 from evalharness.results import (
     EpisodeLog,
@@ -48,8 +60,13 @@ EPISODES_CSV = "episodes.csv"
 SUMMARY_CSV = "summary.csv"
 RUN_JSON = "run.json"
 
-#: run.json entries that must match for `--resume` to continue a run.
+#: run.json entries that must match for `--resume` to continue a run written before run.json
+#: held an `identity` (newer runs compare `identity_hash`, see evalharness.identity).
 IDENTITY_FIELDS = ("suite", "policy", "protocol", "env")
+#: an output directory with less free space than this is refused before any env is built.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+#: wall-clock limit on one reset (an env build included) whatever the episode limit.
+RESET_TIMEOUT_S = 600.0
 
 
 class RunError(RuntimeError):
@@ -58,6 +75,18 @@ class RunError(RuntimeError):
 
 class WorkerError(RunError):
     """An env worker failed; the message names the worker, task and episode."""
+
+
+class PolicyError(RunError):
+    """The policy raised or returned actions the env cannot execute; the run stops."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: in-flight episodes are abandoned, finished ones are kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -75,10 +104,14 @@ class RunConfig:
     exec_horizon: int | None = None
     temporal_ensemble_weight: float | None = None
     progress: bool = True
+    #: seconds of env time (reset excluded) one episode may take; None: 120 + 2 per step.
+    episode_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:
             raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
+        if self.episode_timeout is not None and not self.episode_timeout > 0:
+            raise ValueError(f"--episode-timeout must be > 0 seconds, got {self.episode_timeout}")
         if self.video_episodes < 0:
             raise ValueError(f"--video must be >= 0, got {self.video_episodes}")
 
@@ -165,43 +198,102 @@ def env_config(config: RunConfig, policy: Policy) -> EnvConfig:
         temporal_ensemble_weight=weight,
         image_sizes={k: (int(v[0]), int(v[1])) for k, v in spec.image_sizes.items()},
         video_dir=str(config.out_dir / "videos" / config.suite) if config.video_episodes else None,
+        render_images=spec.uses_images,
+        privileged=spec.privileged,
     )
 
 
+class _WorkerDied(Exception):
+    """The worker process exited (killed, segfault) before answering."""
+
+
+class _WorkerTimeout(Exception):
+    """The worker did not answer within the episode's remaining time."""
+
+
+class _SimUnstable(Exception):
+    """The worker reports simulator instability; its env was closed."""
+
+
 class WorkerPool:
-    """N spawned worker processes, each serving one `EpisodeEnv` over a pipe."""
+    """N spawned worker processes, each serving one `EpisodeEnv` over a pipe.
+
+    A slot whose process died or hung is `restart`ed: a fresh process, which builds its env
+    on the next reset like any new worker.
+    """
 
     def __init__(self, n: int, config: EnvConfig) -> None:
-        ctx = mp.get_context("spawn")
-        render_threads = max(1, (os.cpu_count() or 1) // n)
+        self.ctx = mp.get_context("spawn")
+        self.config = config
+        self.render_threads = max(1, (os.cpu_count() or 1) // n)
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for i in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=worker_main,
-                args=(child, config, render_threads),
-                name=f"evalharness-env-{i}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
+            conn, proc = self._spawn(i)
+            self.conns.append(conn)
             self.procs.append(proc)
 
-    def send(self, slot: int, command: str, payload: Any) -> None:
-        self.conns[slot].send((command, payload))
+    def _spawn(self, slot: int) -> tuple[Connection, Any]:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(child, self.config, self.render_threads),
+            name=f"evalharness-env-{slot}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return parent, proc
 
-    def recv(self, slot: int, what: str) -> Any:
+    def pids(self) -> list[int | None]:
+        return [p.pid for p in self.procs]
+
+    def send(self, slot: int, command: str, payload: Any) -> None:
+        # A dead worker cannot take the request; the recv that follows reports it.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+            self.conns[slot].send((command, payload))
+
+    def recv(self, slot: int, what: str, timeout: float | None = None) -> Any:
+        """The payload of the slot's reply; raises by what went wrong."""
+        conn = self.conns[slot]
         try:
-            status, payload = self.conns[slot].recv()
-        except (EOFError, ConnectionResetError):
-            code = self.procs[slot].exitcode
-            raise WorkerError(f"env worker {slot} died (exit code {code}) during {what}") from None
-        if status != "ok":
-            message, tb = payload
-            raise WorkerError(f"env worker {slot} failed during {what}: {message}\n{tb}")
-        return payload
+            if timeout is not None and not conn.poll(max(timeout, 0.0)):
+                raise _WorkerTimeout(
+                    f"env worker {slot} did not answer within the limit during {what}"
+                )
+            status, payload = conn.recv()
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            proc = self.procs[slot]
+            proc.join(timeout=5)
+            raise _WorkerDied(
+                f"env worker {slot} (pid {proc.pid}) died with exit code {proc.exitcode} "
+                f"during {what}"
+            ) from None
+        if status == "ok":
+            return payload
+        message, tb = payload
+        if status == "unstable":
+            raise _SimUnstable(message)
+        if status == "build_error":
+            raise RunError(message)
+        raise WorkerError(f"env worker {slot} failed during {what}: {message}\n{tb}")
+
+    def restart(self, slot: int) -> None:
+        """Replace the slot's process by a fresh one (killing it first if it still runs)."""
+        self._kill(slot)
+        self.conns[slot], self.procs[slot] = self._spawn(slot)
+
+    def _kill(self, slot: int) -> None:
+        proc = self.procs[slot]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5)
+        self.conns[slot].close()
+
+    def kill_all(self) -> None:
+        """Abandon every worker at once (interrupt, error): nothing in flight is waited for."""
+        for slot in range(len(self.procs)):
+            self._kill(slot)
 
     def close(self) -> None:
         for slot, conn in enumerate(self.conns):
@@ -224,11 +316,20 @@ class _Active:
     obs: dict[str, Any]
     started: float
     steps: int = 0
+    queries: int = 0
+    #: seconds spent waiting on the env after reset: what the episode limit applies to.
+    env_seconds: float = 0.0
 
 
 def _stack(observations: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     keys = [k for k, v in observations[0].items() if isinstance(v, np.ndarray)]
-    return {k: np.stack([o[k] for o in observations]) for k in keys}
+    batch = {k: np.stack([o[k] for o in observations]) for k in keys}
+    if "privileged" in observations[0]:
+        # Dicts of simulator state (only for policies whose spec asks): one per env, unstacked.
+        privileged = np.empty(len(observations), dtype=object)
+        privileged[:] = [o["privileged"] for o in observations]
+        batch["privileged"] = privileged
+    return batch
 
 
 def _now() -> str:
@@ -249,6 +350,12 @@ class Runner:
         self.env_steps = 0
         #: monotonic times: loop start, first batched act() (all initial envs built), end.
         self.timing: dict[str, float] = {}
+        p = config.protocol
+        self.episode_timeout = config.episode_timeout or (
+            120.0 + 2.0 * (p.max_steps_for(config.suite) + p.num_steps_wait)
+        )
+        #: harness faults met during the run (worker deaths, instabilities, timeouts).
+        self.incidents: list[dict[str, Any]] = []
 
     # -- run.json -------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -261,7 +368,20 @@ class Runner:
         # Compared against what run.json holds, so normalize through JSON (tuples -> lists).
         return dict(json.loads(json.dumps(identity, default=str)))
 
-    def _check_resume(self) -> None:
+    def _full_identity(self, versions: dict[str, str]) -> dict[str, Any]:
+        """Everything that changes outcomes (see evalharness.identity), hashed into run.json."""
+        path = parse_policy_string(self.config.policy).path
+        return dict(
+            normalize(
+                self._identity()
+                | {
+                    "checkpoint_sha256": checkpoint_digest(path),
+                    "versions": outcome_versions(versions),
+                }
+            )
+        )
+
+    def _check_resume(self, identity: dict[str, Any] | None = None) -> None:
         run_json = self.out / RUN_JSON
         episodes_csv = self.out / EPISODES_CSV
         if not self.config.resume:
@@ -273,7 +393,24 @@ class Runner:
             return
         if not run_json.exists():
             return
-        previous = json.loads(run_json.read_text())
+        try:
+            previous = json.loads(run_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(
+                f"--resume into {self.out} refused: cannot read {run_json}: {exc}"
+            ) from None
+        if identity is not None and isinstance(previous.get("identity"), dict):
+            if previous.get("identity_hash") == identity_hash(identity):
+                return
+            fields = differing_fields(previous["identity"], identity) or ["identity_hash"]
+            details = "; ".join(
+                f"{f}: recorded {lookup(previous['identity'], f)!r}, now {lookup(identity, f)!r}"
+                for f in fields
+            )
+            raise RunError(
+                f"--resume into {self.out} refused: the run there differs in {', '.join(fields)} "
+                f"({details}). Use another --out for a different configuration."
+            )
         mine = self._identity()
         differing = [f for f in IDENTITY_FIELDS if previous.get(f) != mine[f]]
         if differing:
@@ -290,12 +427,38 @@ class Runner:
         atomic_write_json(self.out / RUN_JSON, self.run_info)
 
     # -- main loop ------------------------------------------------------------------------
+    def _check_out_dir(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.out):
+                pass
+        except OSError as exc:
+            raise RunError(
+                f"output directory {self.out} is not writable ({exc.strerror or exc}); "
+                "choose another --out"
+            ) from None
+        free = shutil.disk_usage(self.out).free
+        if free < MIN_FREE_BYTES:
+            raise RunError(
+                f"output directory {self.out} has {free / 2**20:.1f} MiB free; a run needs at "
+                f"least {MIN_FREE_BYTES / 2**20:.0f} MiB for its results and videos. Free some "
+                "space or choose another --out"
+            )
+
     def run(self) -> pd.DataFrame:
         """Run every pending episode; returns the summary table of all recorded episodes."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_resume()
+        self._check_out_dir()
         versions = package_versions()
+        identity = self._full_identity(versions)
+        self._check_resume(identity)
         warnings = simulator_warnings(versions)
+        injected = os.environ.get(faults.FAULTS_ENV, "")
+        if injected:
+            faults.parse_faults(injected)  # a typo fails here, not in every worker
+            warnings.append(
+                f"{faults.FAULTS_ENV}={injected!r} is set: env workers inject faults (for tests "
+                "only); these results are not an evaluation"
+            )
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
 
@@ -330,11 +493,16 @@ class Runner:
             "end_time": None,
             "episodes_total": len(self.episodes),
             "episodes_resumed": len(self.episodes) - len(pending),
+            "identity": identity,
+            "identity_hash": identity_hash(identity),
+            "episode_timeout_s": self.episode_timeout,
+            "faults_injected": injected or None,
         }
         self._write_run_json("running")
         interrupted: BaseException | None = None
         error: BaseException | None = None
         previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
         try:
             self._loop(pending, log, done_count=len(self.episodes) - len(pending))
         except KeyboardInterrupt as exc:
@@ -343,6 +511,7 @@ class Runner:
             error = exc
         finally:
             signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
             log.close()
         summary = self._finish(interrupted, error)
         if interrupted is not None:
@@ -375,6 +544,7 @@ class Runner:
             end_time=_now(),
             episodes_recorded=len(episodes),
             env_steps=self.env_steps,
+            incidents=self.incidents,
             **extra,
         )
         if len(episodes):
@@ -385,6 +555,13 @@ class Runner:
                 title += f" · {status.upper()} after {len(episodes)}/{len(self.episodes)} episodes"
             print(title)
             print(format_table(summary))
+            excluded = faults.harness_failure_counts(episodes)
+            if excluded:
+                counts = ", ".join(f"{reason} {n}" for reason, n in excluded.items())
+                print(
+                    f"excluded from success rates (simulator/harness failures, not policy "
+                    f"failures): {counts}"
+                )
         print(f"results in {self.out}/ ({EPISODES_CSV}, {SUMMARY_CSV}, {RUN_JSON})")
         return summary
 
@@ -392,14 +569,18 @@ class Runner:
         if not pending:
             return
         n = min(self.config.num_envs, len(pending))
-        progress = _Progress(len(self.episodes), done_count, enabled=self.config.progress)
+        self._pending = pending
+        self._log = log
+        self._progress = _Progress(len(self.episodes), done_count, enabled=self.config.progress)
         self.timing["start"] = time.monotonic()
-        pool = WorkerPool(n, self.env_config)
+        self._pool = pool = WorkerPool(n, self.env_config)
+        self._active: list[_Active | None] = [None] * n
+        self._built: list[int | None] = [None] * n
+        active = self._active
+        finished = False
         try:
             self.policy.reset(n)
-            active: list[_Active | None] = [None] * n
-            built: list[int | None] = [None] * n
-            self._assign(pool, active, built, pending, range(n))
+            self._assign(range(n))
             self.timing["first_step"] = time.monotonic()
             while any(a is not None for a in active):
                 live = [i for i, a in enumerate(active) if a is not None]
@@ -410,59 +591,161 @@ class Runner:
                     "episode_seed": np.array(
                         [a.episode.policy_seed for a in live_active], dtype=np.int64
                     ),
+                    # True on an episode's first query (also when it restarts on a fresh
+                    # worker): per-episode policy state must start over there.
+                    "episode_start": np.array([a.queries == 0 for a in live_active]),
                 }
-                actions = check_actions(self.policy, self.policy.act(obs, tasks), len(live))
+                actions = self._act(obs, tasks, len(live))
+                sent_at = time.monotonic()
                 for j, slot in enumerate(live):
+                    live_active[j].queries += 1
                     pool.send(slot, "step", actions[j])
                 freed = []
                 for slot in live:
                     a = active[slot]
                     assert a is not None
-                    ob, _, terminated, truncated, info = pool.recv(
-                        slot, f"task {a.episode.task_id} episode {a.episode.episode_index}"
-                    )
+                    reply = self._receive(slot, a, "step", sent_at)
+                    if reply is None:  # a fault ended the episode (recorded or rescheduled)
+                        active[slot] = None
+                        freed.append(slot)
+                        continue
+                    ob, _, terminated, truncated, info = reply
                     self.env_steps += int(info["episode_steps"]) - a.steps
                     a.steps = int(info["episode_steps"])
                     a.obs = ob
                     if terminated or truncated:
                         success = bool(info["success"])
-                        log.append(self._row(a, success))
-                        progress.episode_done(success)
+                        self._record(self._row(a, success))
+                        self._progress.episode_done(success)
                         active[slot] = None
                         freed.append(slot)
-                progress.steps(self.env_steps)
+                self._progress.steps(self.env_steps)
                 if freed:
-                    self._assign(pool, active, built, pending, freed)
+                    self._assign(freed)
+            finished = True
         finally:
             self.timing["end"] = time.monotonic()
-            progress.close()
-            pool.close()
+            self._progress.close()
+            # Interrupted or failed: in-flight episodes are abandoned, not waited for.
+            if finished:
+                pool.close()
+            else:
+                pool.kill_all()
 
-    def _assign(
-        self,
-        pool: WorkerPool,
-        active: list[_Active | None],
-        built: list[int | None],
-        pending: deque[Episode],
-        slots: Sequence[int],
-    ) -> None:
-        """Hand each free slot its next episode (same task first: no env rebuild) and reset."""
-        sent = []
-        for slot in slots:
-            if not pending:
-                break
-            episode = next((e for e in pending if e.task_id == built[slot]), pending[0])
-            pending.remove(episode)
-            built[slot] = episode.task_id
-            pool.send(slot, "reset", episode)
-            sent.append((slot, episode))
-        for slot, episode in sent:
-            obs, _info = pool.recv(
-                slot, f"reset of task {episode.task_id} episode {episode.episode_index}"
-            )
-            active[slot] = _Active(episode, self.tasks[episode.task_id], obs, time.monotonic())
+    def _act(self, obs: dict[str, np.ndarray], tasks: dict[str, Any], batch: int) -> np.ndarray:
+        """One batched `act()`, validated; any failure stops the run naming the policy."""
+        spec = self.policy.spec
+        expected = (batch, spec.action_horizon, spec.action_dim)
+        try:
+            raw = self.policy.act(obs, tasks)
+        except Exception as exc:
+            raise PolicyError(
+                f"policy {spec.name!r} ({self.config.policy}) raised {type(exc).__name__}: {exc} "
+                f"on a batch of {batch} observations; it must return actions of shape "
+                f"{expected} (batch, action_horizon, action_dim)"
+            ) from exc
+        try:
+            return check_actions(self.policy, raw, batch)
+        except PolicyOutputError as exc:
+            received: object = type(raw).__name__
+            if isinstance(raw, np.ndarray | list | tuple):
+                with contextlib.suppress(ValueError):
+                    received = np.shape(raw)
+            raise PolicyError(
+                f"{exc} [policy {self.config.policy!r}: expected shape {expected}, received "
+                f"{received}]; the run stopped, finished episodes are kept in {EPISODES_CSV}"
+            ) from exc
 
-    def _row(self, a: _Active, success: bool) -> dict[str, object]:
+    def _record(self, row: dict[str, object]) -> None:
+        try:
+            self._log.append(row)
+        except OSError as exc:
+            raise RunError(
+                f"cannot append to {self._log.path}: {exc.strerror or exc}; the episodes "
+                "recorded before this one are intact, free space and rerun with --resume"
+            ) from exc
+
+    def _receive(self, slot: int, a: _Active, what: str, sent_at: float) -> Any:
+        """The worker's reply, or None when a fault ended the episode (handled here)."""
+        e = a.episode
+        where = f"{what} of task {e.task_id} episode {e.episode_index}"
+        if what == "reset":
+            limit = max(RESET_TIMEOUT_S, self.episode_timeout)
+        else:
+            limit = self.episode_timeout - a.env_seconds
+        try:
+            return self._pool.recv(slot, where, timeout=sent_at + limit - time.monotonic())
+        except _WorkerDied as exc:
+            self._pool.restart(slot)
+            self._built[slot] = None
+            if e.attempt == 0:
+                self._incident(a, faults.WORKER_DIED, str(exc), "rescheduled on a fresh worker")
+                self._pending.appendleft(dataclasses.replace(e, attempt=1))
+            else:
+                self._fault_row(a, faults.WORKER_DIED, str(exc))
+        except _WorkerTimeout as exc:
+            self._pool.restart(slot)
+            self._built[slot] = None
+            self._fault_row(a, faults.EPISODE_TIMEOUT, f"{exc} ({self.episode_timeout:.0f} s)")
+        except _SimUnstable as exc:
+            self._built[slot] = None  # the worker closed its env; the next reset rebuilds
+            self._fault_row(a, faults.SIM_UNSTABLE, str(exc))
+        finally:
+            if what == "step":
+                a.env_seconds += time.monotonic() - sent_at
+        return None
+
+    def _incident(self, a: _Active, reason: str, detail: str, action: str) -> None:
+        e = a.episode
+        self.incidents.append(
+            {
+                "task_id": e.task_id,
+                "episode_index": e.episode_index,
+                "attempt": e.attempt,
+                "reason": reason,
+                "detail": detail,
+                "action": action,
+            }
+        )
+        print(
+            f"warning: task {e.task_id} episode {e.episode_index}: {reason}: {detail}; {action}",
+            file=sys.stderr,
+        )
+
+    def _fault_row(self, a: _Active, reason: str, detail: str) -> None:
+        self._incident(a, reason, detail, "recorded, excluded from success rates")
+        self._record(self._row(a, False, reason=reason))
+        self._progress.episode_done(False)
+
+    def _assign(self, slots: Sequence[int]) -> None:
+        """Hand each free slot its next episode (same task first: no env rebuild) and reset.
+
+        A slot whose reset fails (worker died, simulator unstable) takes the next episode.
+        """
+        pending, built = self._pending, self._built
+        free = list(slots)
+        while free and pending:
+            sent = []
+            for slot in free:
+                if not pending:
+                    break
+                episode = next((e for e in pending if e.task_id == built[slot]), pending[0])
+                pending.remove(episode)
+                built[slot] = episode.task_id
+                self._pool.send(slot, "reset", episode)
+                a = _Active(episode, self.tasks[episode.task_id], {}, time.monotonic())
+                sent.append((slot, a))
+            free = []
+            for slot, a in sent:
+                reply = self._receive(slot, a, "reset", a.started)
+                if reply is None:
+                    free.append(slot)
+                    continue
+                a.obs, _info = reply
+                a.started = time.monotonic()
+                self._active[slot] = a
+
+    def _row(self, a: _Active, success: bool, reason: str | None = None) -> dict[str, object]:
         return {
             "suite": a.episode.suite,
             "task_id": a.episode.task_id,
@@ -476,7 +759,11 @@ class Runner:
             "policy": self.config.policy,
             "checkpoint": self.policy.checkpoint,
             "wall_seconds": round(time.monotonic() - a.started, 3),
-            "failure_reason": "" if success else "step_limit",
+            "failure_reason": reason
+            if reason is not None
+            else ""
+            if success
+            else (self.policy.failure_reason(a.episode.policy_seed) or faults.STEP_LIMIT),
         }
 
 
@@ -489,7 +776,7 @@ def _spec_dict(policy: Policy) -> dict[str, Any]:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise RunInterrupted(signum)
 
 
 class _Progress:

@@ -20,6 +20,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from evalharness.faults import (
+    EnvBuildError,
+    FaultPlan,
+    SimUnstableError,
+    build_with_retries,
+    check_stable,
+    instability_counts,
+)
+
 
 @dataclass(frozen=True)
 class EnvConfig:
@@ -37,6 +46,10 @@ class EnvConfig:
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     video_dir: str | None = None
     video_fps: int = 20
+    #: False for policies that read no pixels: frames are rendered only for video episodes.
+    render_images: bool = True
+    #: True only for policies whose spec asks for simulator state (scripted experts).
+    privileged: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class Episode:
     seed: int
     record_video: bool = False
     policy_seed: int = 0
+    #: 0, or 1 when rescheduled after its worker died; the outcome must not depend on it.
+    attempt: int = 0
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -99,7 +114,10 @@ class EpisodeEnv:
         self.task_id: int | None = None
         self.env: gym.Env | None = None
         self.recorder: FrameRecorder | None = None
+        self.base: Any = None  # the LiberoEnv under the wrappers
         self.episode: Episode | None = None
+        self.control_steps = 0
+        self.faults = FaultPlan.from_env()
 
     def _build(self, task_id: int) -> None:
         from evalharness.envs.libero import LiberoEnv
@@ -114,7 +132,10 @@ class EpisodeEnv:
             max_steps=c.max_steps,
             num_steps_wait=c.num_steps_wait,
             wait_action=c.wait_action,
+            render_images=c.render_images,
+            privileged=c.privileged,
         )
+        self.base = base
         self.recorder = FrameRecorder(base)
         env: gym.Env = self.recorder
         if c.image_sizes:
@@ -133,17 +154,44 @@ class EpisodeEnv:
                 f"worker built for {self.config.suite} got an episode of {episode.suite}"
             )
         if self.env is None or self.task_id != episode.task_id:
-            self._build(episode.task_id)
+            self._build_with_retries(episode.task_id)
         assert self.env is not None and self.recorder is not None
         self.recorder.enabled = episode.record_video and self.config.video_dir is not None
+        self.base.render_images = self.config.render_images or self.recorder.enabled
         self.episode = episode
-        return self.env.reset(
-            seed=episode.seed, options={"init_state_index": episode.init_state_index}
-        )
+        self.control_steps = 0
+        try:
+            return self.env.reset(
+                seed=episode.seed, options={"init_state_index": episode.init_state_index}
+            )
+        except Exception as exc:
+            self.close()  # a half-reset simulator is not trusted with the next episode
+            raise SimUnstableError(f"reset raised {type(exc).__name__}: {exc}") from exc
+
+    def _build_with_retries(self, task_id: int) -> None:
+        def build() -> None:
+            self.faults.before_build(task_id)
+            self._build(task_id)
+
+        build_with_retries(build, f"the env of {self.config.suite} task {task_id}")
 
     def step(self, chunk: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         assert self.env is not None and self.recorder is not None and self.episode is not None
-        obs, reward, terminated, truncated, info = self.env.step(chunk)
+        e = self.episode
+        self.control_steps += 1
+        where = f"task {e.task_id} episode {e.episode_index} control step {self.control_steps}"
+        try:
+            sim = self.base.sim
+            before = instability_counts(sim)
+            self.faults.before_step(e.task_id, e.episode_index, self.control_steps, e.attempt, sim)
+            obs, reward, terminated, truncated, info = self.env.step(chunk)
+            self.faults.after_step(e.task_id, e.episode_index, self.control_steps, e.attempt, obs)
+            check_stable(sim, before, obs, where)
+        except Exception as exc:
+            self.close()  # rebuilt for the next episode: its state cannot be trusted
+            if isinstance(exc, SimUnstableError):
+                raise
+            raise SimUnstableError(f"{where}: step raised {type(exc).__name__}: {exc}") from exc
         if (terminated or truncated) and self.recorder.enabled and self.config.video_dir:
             name = video_filename(self.episode, obs["language_instruction"], bool(info["success"]))
             path = Path(self.config.video_dir) / name
@@ -187,6 +235,10 @@ def worker_main(conn: Connection, config: EnvConfig, render_threads: int | None 
                     break
                 else:
                     conn.send(("error", (f"unknown command {command!r}", "")))
+            except SimUnstableError as exc:  # the episode is recorded as sim_unstable
+                conn.send(("unstable", (str(exc), traceback.format_exc())))
+            except EnvBuildError as exc:  # the run stops: no env, no episodes
+                conn.send(("build_error", (str(exc), traceback.format_exc())))
             except Exception as exc:  # reported to the runner, which decides what to do
                 conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
     finally:

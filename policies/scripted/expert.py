@@ -22,7 +22,7 @@ import numpy as np
 POS_SCALE = 0.05  # metres per unit action (controller output_max)
 ROT_SCALE = 0.5  # radians per unit action
 OPEN, CLOSE = -1.0, 1.0
-FINGER_SPAN = 0.075  # widest object the open Panda gripper can take, with a little margin
+RIM_GRASP_WIDTH = 0.1  # objects wider than this (bowls) are pinched at the rim
 
 Action = np.ndarray
 Skill = Generator[Action, None, None]
@@ -206,13 +206,16 @@ class Expert:
         o = self.obj(name)
         lo, hi = np.asarray(o["bbox"])
         ext_lo, ext_hi = np.asarray(o["extent"])
-        size = ext_hi - ext_lo
+        mat = np.asarray(o["mat"])
+        # Object frames differ (many stand on their local y); find the two horizontal axes.
+        up = int(np.argmax(np.abs(mat[2])))
+        horizontal = [i for i in range(3) if i != up]
+        size = (ext_hi - ext_lo)[horizontal]
         center = (lo + hi) / 2.0
         height = hi[2] - lo[2]
-        mat = np.asarray(o["mat"])
-        if min(size[0], size[1]) > FINGER_SPAN:
+        if min(size) > RIM_GRASP_WIDTH:
             # Too wide to span (bowls): pinch the rim on the side with most room around it.
-            radius = min(size[0], size[1]) / 2.0
+            radius = min(size) / 2.0
             others = self._others(name)
             best, best_clear = 0.0, -np.inf
             for angle in np.linspace(-np.pi, np.pi, 16, endpoint=False):
@@ -231,7 +234,7 @@ class Expert:
             z = hi[2] - min(0.02, height / 2.0)
             return np.array([xy[0], xy[1], z]), closest_yaw(best, self.yaw)
         # Close the fingers across the object's narrower horizontal side.
-        axis = mat[:, 0] if size[0] <= size[1] else mat[:, 1]
+        axis = mat[:, horizontal[int(np.argmin(size))]]
         direction = float(np.arctan2(axis[1], axis[0]))
         z = hi[2] - min(0.035, height / 2.0)
         return np.array([center[0], center[1], z]), closest_yaw(direction, self.yaw)
@@ -251,8 +254,13 @@ class Expert:
             for k, v in self.p["objects"].items()
             if k != held and _xy_distance_to_box(xy, np.asarray(v["bbox"])) <= 0.0
         ]
-        site_z = float(np.asarray(self.p["sites"][target]["pos"])[2])
-        return max([site_z, *tops]) if "contain" not in target else site_z
+        site = self.p["sites"][target]
+        site_z = float(np.asarray(site["pos"])[2])
+        if "contain" in target:
+            # Set things down on the container's floor: resting on it inside the region is
+            # what `In` checks, and a tall object released high can stay wedged in the fingers.
+            return site_z - float(np.asarray(site["size"])[-1])
+        return max([site_z, *tops])
 
     def clearance_z(self, a: np.ndarray, b: np.ndarray, held: str) -> float:
         """Highest top of anything near the straight path a -> b (xy)."""
