@@ -6,7 +6,10 @@ ResNet18 + SpatialSoftmax, UNet 256/512/1024, ~69M parameters). Both sample with
 steps, as configured. One act() returns a chunk of Ta = 8 actions per env, so
 actions/s = batch * 8 / latency.
 
-    python benchmarks/latency_diffusion.py [--device cpu] [--batch-sizes 1,8,32] [--repeats 3]
+    python benchmarks/latency_diffusion.py [--device cpu] [--batch-sizes 1,8,32] [--repeats 3] [--threads N]
+
+On a loaded CPU pass ``--threads 1``: torch's OpenMP workers spin-wait, and with more threads
+than free cores one act() of the tiny model went from 0.08 s to 12.8 s here (load 16 on 2 cores).
 
 `diffusion_latency()` returns the rows; `policy_latency.py` calls it.
 """
@@ -51,7 +54,9 @@ def _fixture_policy(device: str) -> Any:
     from evalharness.policies.diffusion.checkpoint import load_checkpoint
     from evalharness.policies.diffusion.policy import DiffusionPolicy
 
-    return DiffusionPolicy(load_checkpoint(FIXTURE / "model.pth"), device=device, missing_obs="passthrough")
+    return DiffusionPolicy(
+        load_checkpoint(FIXTURE / "model.pth"), device=device, missing_obs="passthrough"
+    )
 
 
 def _batch(policy: Any, batch: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -60,7 +65,9 @@ def _batch(policy: Any, batch: int) -> tuple[dict[str, np.ndarray], dict[str, An
     obs: dict[str, np.ndarray] = {}
     for key, shape in policy.config.obs_shapes.items():
         if key in policy.config.visual:
-            obs[key] = rng.integers(0, 256, (batch, to, shape[1], shape[2], shape[0]), dtype=np.uint8)
+            obs[key] = rng.integers(
+                0, 256, (batch, to, shape[1], shape[2], shape[0]), dtype=np.uint8
+            )
         else:
             obs[key] = rng.standard_normal((batch, to, *shape)).astype(np.float32)
     tasks = {"language_instruction": ["bench"] * batch, "episode_seed": np.arange(batch)}
@@ -68,10 +75,16 @@ def _batch(policy: Any, batch: int) -> tuple[dict[str, np.ndarray], dict[str, An
 
 
 def diffusion_latency(
-    batch_sizes: tuple[int, ...] = (1, 8, 32), repeats: int = 3, device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    repeats: int = 3,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Median act() wall time and actions/s per (model, batch size)."""
+    """Median act() wall time and actions/s per (model, batch size); `threads` sets torch's."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     models = {"resnet18 (random, default UNet)": _resnet18_policy}
     if (FIXTURE / "model.pth").exists():
@@ -102,6 +115,7 @@ def diffusion_latency(
                     "act_ms": round(latency * 1e3, 1),
                     "actions_per_s": round(actions.shape[0] * actions.shape[1] / latency, 1),
                     "steps": len(policy.scheduler.timesteps),
+                    "threads": torch.get_num_threads(),
                 }
             )
     return rows
@@ -109,11 +123,13 @@ def diffusion_latency(
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of `diffusion_latency` rows."""
-    header = f"{'model':34} {'params':>8} {'device':>6} {'batch':>5} {'act() ms':>9} {'actions/s':>10}"
+    header = (
+        f"{'model':34} {'params':>8} {'device':>6} {'batch':>5} {'act() ms':>9} {'actions/s':>10}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['model']:34} {r['params_M']:>7}M {r['device']:>6} {r['batch']:>5} "
+            f"{r['model']:34} {r['params_M']:>7}M {r['device']:>6} {r['threads']:>7} {r['batch']:>5} "
             f"{r['act_ms']:>9} {r['actions_per_s']:>10}"
         )
     return "\n".join(lines)
@@ -124,9 +140,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    print(format_rows(diffusion_latency(sizes, args.repeats, args.device)))
+    print(format_rows(diffusion_latency(sizes, args.repeats, args.device, args.threads)))
 
 
 if __name__ == "__main__":

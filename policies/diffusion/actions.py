@@ -35,7 +35,13 @@ from evalharness.policies.common.rotations import (
 )
 from evalharness.policies.diffusion.config import ActionKey
 
-__all__ = ["LIBERO_MAX_DELTA_POS", "LIBERO_MAX_DELTA_ROT", "decode_to_libero", "droid_euler_action", "split_unnormalize"]
+__all__ = [
+    "LIBERO_MAX_DELTA_POS",
+    "LIBERO_MAX_DELTA_ROT",
+    "decode_to_libero",
+    "droid_euler_action",
+    "split_unnormalize",
+]
 
 #: robosuite OSC_POSE ``output_max`` in LIBERO: a unit action moves 0.05 m / turns 0.5 rad.
 LIBERO_MAX_DELTA_POS = 0.05

@@ -99,7 +99,9 @@ def canonical_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tenso
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(
+                f"state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
         name = ".".join(part for part in key.split(".") if part != "module")
         if name in out:
             raise CheckpointError(f"state dict keys {key!r} and another both map to {name!r}")
@@ -107,12 +109,16 @@ def canonical_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tenso
     return out
 
 
-def select_weights(model: Mapping[str, Any], source: str, use_ema: bool = True) -> tuple[dict[str, Any], str]:
+def select_weights(
+    model: Mapping[str, Any], source: str, use_ema: bool = True
+) -> tuple[dict[str, Any], str]:
     """``model['ema']`` when present and wanted (upstream's inference weights), else ``nets``."""
     if use_ema and model.get("ema") is not None:
         return dict(model["ema"]), "ema"
     if model.get("nets") is None:
-        raise CheckpointError(f"{source}: checkpoint['model'] has no 'nets' state dict (keys {sorted(model)})")
+        raise CheckpointError(
+            f"{source}: checkpoint['model'] has no 'nets' state dict (keys {sorted(model)})"
+        )
     return dict(model["nets"]), "nets"
 
 

@@ -125,7 +125,9 @@ class DiffusionPolicyConfig:
         try:
             config = json.loads(raw) if isinstance(raw, str) else dict(raw)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: 'config' is not robomimic's JSON string: {exc}") from None
+            raise CheckpointError(
+                f"{source}: 'config' is not robomimic's JSON string: {exc}"
+            ) from None
         algo_name = str(ckpt.get("algo_name", config.get("algo_name", "")))
         if algo_name != "diffusion_policy":
             raise CheckpointError(
@@ -135,7 +137,11 @@ class DiffusionPolicyConfig:
         algo = _section(config, "algo", source)
         horizon = _section(algo, "horizon", f"{source} config.algo")
         shapes = _obs_shapes(ckpt["shape_metadata"], config, source)
-        visual = {k: _visual_spec(config, k, shape, source) for k, shape in shapes.items() if _modality(config, k) == "rgb"}
+        visual = {
+            k: _visual_spec(config, k, shape, source)
+            for k, shape in shapes.items()
+            if _modality(config, k) == "rgb"
+        }
         combine = any(k.startswith("policy.obs_encoder.combine.") for k in state_dict)
         unet = unet_dims_from_state_dict(state_dict, source)
         return cls(
@@ -205,14 +211,20 @@ def _visual_spec(
     where = f"{source}: config.observation.encoder.rgb"
     core_class = encoder.get("core_class", "VisualCore")
     if core_class != "VisualCore":
-        raise CheckpointError(f"{where}.core_class is {core_class!r}; only 'VisualCore' is supported")
+        raise CheckpointError(
+            f"{where}.core_class is {core_class!r}; only 'VisualCore' is supported"
+        )
     kwargs = dict(encoder.get("core_kwargs") or {})
     backbone_kwargs = dict(kwargs.get("backbone_kwargs") or {})
     if backbone_kwargs.get("input_coord_conv"):
-        raise CheckpointError(f"{where}.core_kwargs.backbone_kwargs.input_coord_conv=true is not supported")
+        raise CheckpointError(
+            f"{where}.core_kwargs.backbone_kwargs.input_coord_conv=true is not supported"
+        )
     pool_kwargs = dict(kwargs.get("pool_kwargs") or {})
     if pool_kwargs.get("output_variance"):
-        raise CheckpointError(f"{where}.core_kwargs.pool_kwargs.output_variance=true is not supported")
+        raise CheckpointError(
+            f"{where}.core_kwargs.pool_kwargs.output_variance=true is not supported"
+        )
     crop: tuple[int, int] | None = None
     classes = _as_list(encoder.get("obs_randomizer_class"))
     kwargs_list = _as_list(encoder.get("obs_randomizer_kwargs"))
@@ -226,7 +238,9 @@ def _visual_spec(
             raise CheckpointError(f"{where}: CropRandomizer pos_enc=true is not supported")
         crop = (int(rk.get("crop_height", 76)), int(rk.get("crop_width", 76)))
     if len(shape) != 3:
-        raise CheckpointError(f"{source}: rgb observation {key!r} has shape {shape}, expected (C, H, W)")
+        raise CheckpointError(
+            f"{source}: rgb observation {key!r} has shape {shape}, expected (C, H, W)"
+        )
     num_kp = pool_kwargs.get("num_kp", 32)
     feature_dimension = kwargs.get("feature_dimension", 64)
     try:
@@ -322,7 +336,9 @@ def _obs_stats(stats: Any, source: str) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def unet_dims_from_state_dict(state_dict: Mapping[str, Any], source: str = "checkpoint") -> UnetDims:
+def unet_dims_from_state_dict(
+    state_dict: Mapping[str, Any], source: str = "checkpoint"
+) -> UnetDims:
     """``ConditionalUnet1D`` sizes from the weights (canonical keys, no ``module.`` infix).
 
     down_dims from ``down_modules.<i>.0.blocks.0.block.0.weight`` (out, in, kernel); the
@@ -355,4 +371,3 @@ def unet_dims_from_state_dict(state_dict: Mapping[str, Any], source: str = "chec
         down_dims=tuple(d[0] for d in down),
         kernel_size=down[0][2],
     )
-

@@ -24,7 +24,7 @@ from evalharness.policies.common.rotations import (
     matrix_to_quat,
 )
 
-__all__ = ["STANDARD_SOURCES", "ObsSource", "TRANSFORMS", "gather"]
+__all__ = ["STANDARD_SOURCES", "TRANSFORMS", "ObsSource", "gather"]
 
 #: Finger joint travel of the Panda gripper in LIBERO (qpos ±0.04 m when fully open).
 PANDA_GRIPPER_WIDTH = 0.08
@@ -32,7 +32,9 @@ PANDA_GRIPPER_WIDTH = 0.08
 
 def _euler_xyz_pose(x: np.ndarray) -> np.ndarray:
     # DROID's cartesian_position = [xyz, Euler angles, scipy extrinsic "xyz"].
-    return np.concatenate([x[..., :3], matrix_to_euler(axis_angle_to_matrix(x[..., 3:6]), "xyz")], -1)
+    return np.concatenate(
+        [x[..., :3], matrix_to_euler(axis_angle_to_matrix(x[..., 3:6]), "xyz")], -1
+    )
 
 
 def _quat_from_axis_angle(x: np.ndarray) -> np.ndarray:

@@ -18,9 +18,11 @@ center crop, ``ColorRandomizer`` the identity) and ``SpatialSoftmax`` adds no ke
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +125,9 @@ class ResNetTrunk(nn.Module):
     def __init__(self, name: str = "ResNet18Conv", input_channel: int = 3) -> None:
         super().__init__()
         if name not in _RESNET_LAYOUTS:
-            raise ValueError(f"unknown ResNet trunk {name!r}; expected one of {sorted(_RESNET_LAYOUTS)}")
+            raise ValueError(
+                f"unknown ResNet trunk {name!r}; expected one of {sorted(_RESNET_LAYOUTS)}"
+            )
         block, depths = _RESNET_LAYOUTS[name]
         self.name = name
         layers: list[nn.Module] = [
@@ -185,6 +189,10 @@ class SpatialSoftmax(nn.Module):
     expected (x, y) in [-1, 1]. ``temperature``, ``pos_x`` and ``pos_y`` are buffers, as in
     robomimic, so they travel with the checkpoint. Output (B, num_kp, 2).
     """
+
+    temperature: torch.Tensor
+    pos_x: torch.Tensor
+    pos_y: torch.Tensor
 
     def __init__(
         self,
@@ -266,7 +274,9 @@ class VisualCoreSpec:
         if self.crop is not None:
             _, h, w = self.input_shape
             if not (0 < self.crop[0] <= h and 0 < self.crop[1] <= w):
-                raise ValueError(f"crop {self.crop} does not fit images of shape {self.input_shape}")
+                raise ValueError(
+                    f"crop {self.crop} does not fit images of shape {self.input_shape}"
+                )
 
     @property
     def core_input_shape(self) -> tuple[int, int, int]:
@@ -303,7 +313,7 @@ class VisualCore(nn.Module):
             feat_shape = (spec.feature_dimension,)
         elif spec.flatten:
             feat_shape = (math.prod(feat_shape),)
-        self.out_dim = math.prod(feat_shape)
+        self.out_dim: int = math.prod(feat_shape)
         # Upstream registers backbone/pool again inside this Sequential; the checkpoint holds
         # both spellings of each key, and so does this module's state_dict.
         self.nets = nn.Sequential(*layers)
@@ -333,7 +343,7 @@ class ObservationEncoder(nn.Module):
         self.obs_shapes = dict(obs_shapes)
         self.obs_nets = nn.ModuleDict()
         self.activation = nn.ReLU()
-        self.out_dim = 0
+        self.out_dim: int = 0
         for key, shape in self.obs_shapes.items():
             if key in visual:
                 core = VisualCore(visual[key])
@@ -366,13 +376,18 @@ class ObservationGroupEncoder(nn.Module):
         combine: bool = False,
     ) -> None:
         super().__init__()
-        self.nets = nn.ModuleDict({"obs": ObservationEncoder(obs_shapes, visual)})
-        concat = self.nets["obs"].out_dim
+        encoder = ObservationEncoder(obs_shapes, visual)
+        self.nets = nn.ModuleDict({"obs": encoder})
+        concat = encoder.out_dim
         self.combine: nn.Sequential | None = None
-        self.out_dim = concat
+        self.out_dim: int = concat
         if combine:
             self.combine = nn.Sequential(
-                nn.Linear(concat, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 512)
+                nn.Linear(concat, 1024),
+                nn.ReLU(),
+                nn.Linear(1024, 512),
+                nn.ReLU(),
+                nn.Linear(512, 512),
             )
             self.out_dim = 512
 
@@ -500,7 +515,7 @@ class ConditionalUnet1D(nn.Module):
         dsed = dims.diffusion_step_embed_dim
         cond_dim = dsed + dims.global_cond_dim
         k, g = dims.kernel_size, dims.n_groups
-        in_out = list(zip(all_dims[:-1], all_dims[1:], strict=True))
+        in_out = list(itertools.pairwise(all_dims))
         mid = all_dims[-1]
         self.mid_modules = nn.ModuleList(
             [ConditionalResidualBlock1D(mid, mid, cond_dim, k, g) for _ in range(2)]
@@ -554,13 +569,15 @@ class ConditionalUnet1D(nn.Module):
         if global_cond is not None:
             cond = torch.cat([cond, global_cond], dim=-1)
         skips = []
-        for block1, block2, down in self.down_modules:  # type: ignore[misc]
+        for level in self.down_modules:
+            block1, block2, down = cast(nn.ModuleList, level)
             x = block2(block1(x, cond), cond)
             skips.append(x)
             x = down(x)
         for block in self.mid_modules:
             x = block(x, cond)
-        for block1, block2, up in self.up_modules:  # type: ignore[misc]
+        for level in self.up_modules:
+            block1, block2, up = cast(nn.ModuleList, level)
             x = torch.cat((x, skips.pop()), dim=1)
             x = up(block2(block1(x, cond), cond))
         return self.final_conv(x).moveaxis(-1, -2)

@@ -143,9 +143,9 @@ class DiffusionPolicy(Policy):
             tensor = tensor.float()
             if key in self.config.obs_normalization:
                 offset, scale = self.config.obs_normalization[key]
-                tensor = (tensor - torch.as_tensor(offset).float().to(self.device)) / torch.as_tensor(
-                    scale
-                ).float().to(self.device)
+                tensor = (
+                    tensor - torch.as_tensor(offset).float().to(self.device)
+                ) / torch.as_tensor(scale).float().to(self.device)
             if key in self.config.visual:
                 tensor = self._image(tensor, key, shape)
             elif tuple(tensor.shape[2:]) != tuple(shape):
@@ -188,7 +188,10 @@ class DiffusionPolicy(Policy):
 
     @torch.inference_mode()
     def sample(
-        self, obs_t: Mapping[str, torch.Tensor], noise: torch.Tensor, seeds: Sequence[int] | None = None
+        self,
+        obs_t: Mapping[str, torch.Tensor],
+        noise: torch.Tensor,
+        seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """The full normalized trajectory (B, Tp, Da) from `noise`, as upstream's loop."""
         cond = self.nets.encode(obs_t)
@@ -235,7 +238,9 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
         )
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
-        raise ValueError(f"policy 'diffusion' has no option(s) {unknown}; known: {', '.join(_OPTIONS)}")
+        raise ValueError(
+            f"policy 'diffusion' has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
+        )
     loaded = load_checkpoint(
         path,
         trust=_bool_option(options, "trust", False),

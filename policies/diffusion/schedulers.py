@@ -134,7 +134,9 @@ class NoiseScheduler:
         if generators is None:
             return torch.randn(like.shape, dtype=like.dtype).to(like.device)
         if len(generators) != like.shape[0]:
-            raise ValueError(f"need one generator per batch row ({like.shape[0]}), got {len(generators)}")
+            raise ValueError(
+                f"need one generator per batch row ({like.shape[0]}), got {len(generators)}"
+            )
         rows = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generators]
         return torch.stack(rows).to(like.device)
 
@@ -155,7 +157,9 @@ class NoiseScheduler:
         prev = x0_coeff * x0 + xt_coeff * sample
         if t > 0:
             # "fixed_small" variance, clamped like diffusers.
-            variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * self.betas[t], min=1e-20)
+            variance = torch.clamp(
+                (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * self.betas[t], min=1e-20
+            )
             prev = prev + variance**0.5 * self._noise(model_output, generators)
         return prev
 
@@ -171,7 +175,9 @@ class NoiseScheduler:
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         x0 = self._x0(model_output, sample, t)
         eta = self.config.eta
-        variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        variance = (
+            (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        )
         std = eta * variance**0.5
         direction = (1 - alpha_prod_t_prev - std**2) ** 0.5 * model_output
         prev = alpha_prod_t_prev**0.5 * x0 + direction
