@@ -77,7 +77,12 @@ def test_fixture_loads_strictly_with_ema_weights_and_unet_dims_read_from_the_wei
     assert cfg.unet.down_dims == (16, 32, 64) and cfg.unet.diffusion_step_embed_dim == 16
     assert cfg.unet.global_cond_dim == 274 and cfg.unet.input_dim == 7
     # shape_metadata order, not config.observation.modalities order
-    assert list(cfg.obs_shapes) == ["agentview_rgb", "eye_in_hand_rgb", "gripper_states", "joint_states"]
+    assert list(cfg.obs_shapes) == [
+        "agentview_rgb",
+        "eye_in_hand_rgb",
+        "gripper_states",
+        "joint_states",
+    ]
     assert cfg.visual["agentview_rgb"].crop == (76, 76)
     assert (cfg.observation_horizon, cfg.action_horizon, cfg.prediction_horizon) == (2, 8, 16)
     assert cfg.scheduler.kind == "ddim" and cfg.scheduler.num_inference_timesteps == 10
@@ -130,7 +135,9 @@ def test_rollout_reproduces_upstream_actions_from_the_recorded_seed(
     tasks = {"language_instruction": ["replay"], "episode_seed": np.array([0])}
     chunks = []
     for step in (0, 8):  # Ta = 8: inference at steps 0 and 8
-        obs = {k: ref[f"rollout/policy_input_stacked/{k}"][step][None] for k in tiny.config.obs_shapes}
+        obs = {
+            k: ref[f"rollout/policy_input_stacked/{k}"][step][None] for k in tiny.config.obs_shapes
+        }
         chunk = policy.act(obs, tasks)
         assert chunk.shape == (1, 8, 7)
         chunks.append(chunk[0])
@@ -138,19 +145,25 @@ def test_rollout_reproduces_upstream_actions_from_the_recorded_seed(
     assert _max_abs(actions, ref["rollout/actions"]) <= 1e-4
     # and the full normalized trajectory from the recorded noise
     obs0 = {k: ref[f"rollout/policy_input_stacked/{k}"][0][None] for k in tiny.config.obs_shapes}
-    traj = policy.sample(policy.prepare(obs0, 1), torch.tensor(ref["rollout/inference_initial_noise"][:1]))
+    traj = policy.sample(
+        policy.prepare(obs0, 1), torch.tensor(ref["rollout/inference_initial_noise"][:1])
+    )
     assert _max_abs(traj, ref["rollout/normalized_action_trajectories"][:1]) <= 1e-4
 
 
 @needs_fixture
-def test_batched_actions_do_not_depend_on_batch_neighbours(tiny: Any, ref: dict[str, np.ndarray]) -> None:
+def test_batched_actions_do_not_depend_on_batch_neighbours(
+    tiny: Any, ref: dict[str, np.ndarray]
+) -> None:
     policy = DiffusionPolicy(tiny, missing_obs="passthrough")
     keys = tiny.config.obs_shapes
     one = {k: ref[f"rollout/policy_input_stacked/{k}"][3][None] for k in keys}
     three = {k: ref[f"rollout/policy_input_stacked/{k}"][[3, 5, 7]] for k in keys}
     alone = policy.act(one, {"language_instruction": ["a"], "episode_seed": np.array([11])})
     policy.reset(3)
-    batched = policy.act(three, {"language_instruction": ["a"] * 3, "episode_seed": np.array([11, 12, 13])})
+    batched = policy.act(
+        three, {"language_instruction": ["a"] * 3, "episode_seed": np.array([11, 12, 13])}
+    )
     assert batched.shape == (3, 8, 7)
     assert _max_abs(batched[0], alone[0]) <= 1e-5
 
@@ -170,7 +183,9 @@ def test_policy_string_loads_the_fixture_and_refuses_unmapped_observations() -> 
         "proprio": np.zeros((2, 2, 8), np.float32),
         "timestep_pad_mask": np.ones((2, 2), bool),
     }
-    actions = policy.act(obs, {"language_instruction": ["a", "b"], "episode_seed": np.array([1, 2])})
+    actions = policy.act(
+        obs, {"language_instruction": ["a", "b"], "episode_seed": np.array([1, 2])}
+    )
     assert actions.shape == (2, 8, 7) and np.all(np.isfinite(actions))
     with pytest.raises(ValueError, match="no option"):
         load_policy(f"diffusion:{path}?devcie=cpu")
@@ -193,7 +208,9 @@ def test_pickled_checkpoint_is_refused_without_the_trust_flag(tmp_path: Path) ->
 
 
 @needs_fixture
-def test_a_missing_tensor_fails_strict_loading_by_name_and_loads_non_strictly(tmp_path: Path) -> None:
+def test_a_missing_tensor_fails_strict_loading_by_name_and_loads_non_strictly(
+    tmp_path: Path,
+) -> None:
     ckpt = torch.load(FIXTURE / "model.pth", weights_only=True)
     victim = "policy.noise_pred_net.final_conv.1.bias"
     for which in ("nets", "ema"):
@@ -236,7 +253,9 @@ def test_ddpm_with_all_train_steps_is_the_textbook_posterior_mean_plus_small_var
     x = torch.randn(2, 16, 7)
     eps = torch.randn(2, 16, 7)
     t = 0  # the last step adds no noise: the clipped x0 estimate
-    expected = ((x - (1 - sched.alphas_cumprod[0]) ** 0.5 * eps) / sched.alphas_cumprod[0] ** 0.5).clamp(-1, 1)
+    expected = (
+        (x - (1 - sched.alphas_cumprod[0]) ** 0.5 * eps) / sched.alphas_cumprod[0] ** 0.5
+    ).clamp(-1, 1)
     # diffusers computes its coefficient betas[0] / (1 - alphas_cumprod[0]) = 1 in float32
     assert _max_abs(sched.step(eps, t, x), expected) <= 1e-4
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
@@ -275,7 +294,9 @@ def _random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> Ord
     return out
 
 
-def _rgb_encoder(backbone: str, pool: str | None, feature_dimension: int, crop: int) -> dict[str, Any]:
+def _rgb_encoder(
+    backbone: str, pool: str | None, feature_dimension: int, crop: int
+) -> dict[str, Any]:
     return {
         "core_class": "VisualCore",
         "core_kwargs": {
@@ -287,7 +308,10 @@ def _rgb_encoder(backbone: str, pool: str | None, feature_dimension: int, crop: 
             "flatten": True,
         },
         "obs_randomizer_class": ["ColorRandomizer", "CropRandomizer"],
-        "obs_randomizer_kwargs": [{}, {"crop_height": crop, "crop_width": crop, "num_crops": 1, "pos_enc": False}],
+        "obs_randomizer_kwargs": [
+            {},
+            {"crop_height": crop, "crop_width": crop, "num_crops": 1, "pos_enc": False},
+        ],
     }
 
 
@@ -333,7 +357,9 @@ def test_resnet18_layout_with_group_norm_loads_strictly(tmp_path: Path) -> None:
     loaded = load_checkpoint(tmp_path / "r18.pth")
     assert loaded.report.compatible and loaded.weights == "nets"
     norm = loaded.nets.state_dict()
-    assert norm["policy.obs_encoder.nets.obs.obs_nets.agentview_rgb.backbone.nets.4.0.bn1.weight"].shape == (64,)
+    assert norm[
+        "policy.obs_encoder.nets.obs.obs_nets.agentview_rgb.backbone.nets.4.0.bn1.weight"
+    ].shape == (64,)
     gn = loaded.nets.obs_encoder.nets["obs"].obs_nets["agentview_rgb"].backbone.nets[1]
     assert isinstance(gn, torch.nn.GroupNorm) and gn.num_groups == 4  # 64 channels / 16
 
@@ -352,7 +378,9 @@ def droid_state() -> OrderedDict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def droid_loaded(droid_state: OrderedDict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+def droid_loaded(
+    droid_state: OrderedDict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     stats = {k: {"scale": [[0.5] * d], "offset": [[0.1] * d]} for k, d in DROID_ACTIONS.items()}
     ckpt = _ckpt(
         droid_state, ["robot_state/cartesian_position", "robot_state/gripper_position"], DROID_CAMS,
@@ -376,7 +404,9 @@ def test_droid_layout_loads_strictly_through_the_module_infix(
     key = "policy.noise_pred_net.module.final_conv.1.weight"
     assert torch.equal(droid_loaded.nets.state_dict()[key.replace("module.", "")], droid_state[key])
     policy = DiffusionPolicy(droid_loaded)
-    proprio = np.tile(np.array([0.4, 0.0, 0.3, np.pi, 0.0, 0.0, 0.04, -0.04], np.float32), (1, 2, 1))
+    proprio = np.tile(
+        np.array([0.4, 0.0, 0.3, np.pi, 0.0, 0.0, 0.04, -0.04], np.float32), (1, 2, 1)
+    )
     obs = {
         "image_primary": np.zeros((1, 2, 128, 128, 3), np.uint8),
         "image_wrist": np.zeros((1, 2, 128, 128, 3), np.uint8),
@@ -391,7 +421,9 @@ def test_droid_checkpoint_transfers_its_encoder_into_a_libero_config(
     droid_state: OrderedDict[str, Any],
 ) -> None:
     # The founding DROID -> LIBERO case: same architecture, LIBERO cameras and 7-d actions.
-    visual = VisualCoreSpec((3, 128, 128), "ResNet50Conv", None, None, feature_dimension=512, crop=(116, 116))
+    visual = VisualCoreSpec(
+        (3, 128, 128), "ResNet50Conv", None, None, feature_dimension=512, crop=(116, 116)
+    )
     target = DiffusionPolicyConfig(
         obs_shapes={"agentview_rgb": (3, 128, 128), "eye_in_hand_rgb": (3, 128, 128),
                     "ee_states": (6,), "gripper_states": (2,)},
@@ -424,7 +456,9 @@ def droid_state_unet(state: OrderedDict[str, Any], input_dim: int) -> Any:
     from evalharness.policies.diffusion.config import unet_dims_from_state_dict
 
     dims = unet_dims_from_state_dict(canonical_state_dict(state))
-    return type(dims)(input_dim, dims.global_cond_dim, dims.diffusion_step_embed_dim, dims.down_dims)
+    return type(dims)(
+        input_dim, dims.global_cond_dim, dims.diffusion_step_embed_dim, dims.down_dims
+    )
 
 
 # -- action decoding ---------------------------------------------------------------------------
@@ -440,7 +474,9 @@ def test_droid_absolute_targets_become_libero_deltas_against_the_current_pose() 
     step2 = Rotation.from_rotvec([0.05, 0.0, 0.0]) * step1
     parts = {
         "action/abs_pos": np.array([[[0.41, 0.0, 0.3], [0.41, 0.02, 0.3]]]),
-        "action/abs_rot_6d": matrix_to_rot6d(np.stack([step1.as_matrix(), step2.as_matrix()]))[None],
+        "action/abs_rot_6d": matrix_to_rot6d(np.stack([step1.as_matrix(), step2.as_matrix()]))[
+            None
+        ],
         "action/gripper_position": np.array([[[1.0], [0.0]]]),
     }
     proprio = np.array([[0.4, 0.0, 0.3, 0.0, 0.0, 0.3, 0.04, -0.04]])
