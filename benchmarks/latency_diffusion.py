@@ -124,7 +124,8 @@ def diffusion_latency(
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of `diffusion_latency` rows."""
     header = (
-        f"{'model':34} {'params':>8} {'device':>6} {'batch':>5} {'act() ms':>9} {'actions/s':>10}"
+        f"{'model':34} {'params':>8} {'device':>6} {'threads':>7} {'batch':>5} "
+        f"{'act() ms':>9} {'actions/s':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:

@@ -166,6 +166,15 @@ def test_batched_actions_do_not_depend_on_batch_neighbours(
     )
     assert batched.shape == (3, 8, 7)
     assert _max_abs(batched[0], alone[0]) <= 1e-5
+    # a restarted episode (episode_start) replays its noise stream from the beginning
+    again = policy.act(one, {"language_instruction": ["a"], "episode_seed": np.array([11])})
+    assert _max_abs(again[0], alone[0]) > 1e-3
+    tasks = {
+        "language_instruction": ["a"],
+        "episode_seed": np.array([11]),
+        "episode_start": np.array([True]),
+    }
+    assert _max_abs(policy.act(one, tasks)[0], alone[0]) <= 1e-5
 
 
 @needs_fixture

@@ -207,6 +207,10 @@ class DiffusionPolicy(Policy):
     ) -> np.ndarray:
         """LIBERO action chunks (B, Ta, 7) for a batch of windowed observations."""
         seeds = [int(s) for s in np.asarray(tasks["episode_seed"], dtype=np.int64)]
+        starts = np.asarray(tasks.get("episode_start", np.zeros(len(seeds), bool)), dtype=bool)
+        for seed, start in zip(seeds, starts.tolist(), strict=True):
+            if start:  # a (re)started episode draws its noise stream from the beginning
+                self._generators.pop(seed, None)
         obs_t = self.prepare(obs, len(seeds))
         noise = self.initial_noise(seeds)
         naction = self.sample(obs_t, noise, seeds)
