@@ -1,0 +1,450 @@
+"""Finetune a pretrained policy on a dataset, family-neutrally: the driver and the ``Trainer``.
+
+    evalharness finetune --policy octo_jax:/ckpts/octo-small --data demos/ --dataset-spec libero \\
+        --mode head_only --steps 5000 --batch-size 64 --out ckpts/octo_libero
+    evalharness run --suite libero_spatial --policy octo_jax:ckpts/octo_libero
+
+The driver owns everything that is the same for every model family: reading the data
+(`evalharness.data`), the loop and its tqdm bar, ``train_log.csv``, periodic checkpoints,
+``--resume``, and the files written beside the checkpoint. A family owns its model, optimizer,
+loss and checkpoint format behind the small :class:`Trainer` protocol.
+
+Output directory::
+
+    OUT/<family's checkpoint files>      what the family's strict loader reads (octo_jax:
+                                         OUT/<step>/default/checkpoint, config.json, ...)
+    OUT/dataset_statistics.json          statistics of the training data (Octo's layout)
+    OUT/dataset_spec.json                the DatasetSpec (key map, image transform, gripper):
+                                         evaluation applies ``eval_image_transform`` again
+    OUT/compatibility_report.json        what was transferred from the pretrained checkpoint,
+                                         what was freshly initialized, and why
+    OUT/finetune.json                    the finetune config, data, versions, final metrics
+    OUT/train_log.csv                    step, loss, learning_rate, grad_norm (one row per step)
+    OUT/train_state/<step>.bin           optimizer state etc. for --resume (latest.json points)
+
+Adding a family (``octo_pt``, ``diffusion``)
+--------------------------------------------
+Write ``from_pretrained(checkpoint, dataset, options) -> Trainer`` in the family's folder and
+register it lazily here with :func:`register_trainer` (``"module:function"``), as policies are
+registered. The contract, which the driver relies on and tests check for ``octo_jax``:
+
+1. ``from_pretrained(checkpoint: str, dataset: evalharness.data.Dataset, options:
+   FinetuneOptions)`` builds the model *for the new data*: observation keys the data lacks are
+   dropped, the action head takes the data's action dim (``dataset.statistics()["action"]``)
+   and ``options.family_options`` (the ``?key=value`` of ``--policy``) may change window and
+   horizon. Pretrained weights are merged wherever name *and* shape agree
+   (``policies.common.compat.compare_shapes`` + ``merge_params``) and the resulting
+   ``CompatibilityReport`` is the trainer's ``report``. ``options.mode`` is one of ``full``,
+   ``head_only``, ``head_mlp_only`` (a family without some mode raises ``FinetuneError``).
+2. ``trainer.data`` is a :class:`DataRequest`: the window, action horizon, action dim (data
+   actions are zero-padded to it with ``action_pad_mask`` False) and normalization the driver
+   uses to cut batches from the dataset (``Dataset.batches``). Batches arrive in the data
+   layer's layout (``evalharness.data.windows``: ``observation/image_*`` uint8 at the stored
+   size, ``proprio``, ``timestep_pad_mask``; ``task/language_instruction`` strings; ``action``,
+   ``action_pad_mask``); the trainer resizes images, tokenizes text, etc.
+3. ``trainer.train_step(batch) -> {"loss", "grad_norm", "learning_rate", ...}`` (floats) does
+   one optimizer step, deterministic given ``options.seed``.
+4. ``trainer.save(directory, step)`` writes a checkpoint that the family's normal *strict*
+   loader reads (``load_policy(trainer.policy_string(directory))``), including its dataset
+   statistics, and everything needed offline (e.g. the tokenizer).
+5. ``trainer.state_dict() -> bytes`` / ``load_state_dict(bytes)``: parameters, optimizer
+   state, RNG and step, so that ``--resume`` continues exactly.
+6. ``trainer.family`` (the policy name), ``trainer.changes`` (plain-language list of config
+   edits made for the data, may be empty) and ``trainer.frozen_keys()`` (frozen parameter names).
+
+Learning rate: AdamW with a linear warmup from 0 to ``learning_rate`` over ``warmup_steps``,
+then cosine decay to 0 at ``steps`` (upstream Octo's finetune schedule), weight decay 0.01 on
+kernels/weights, gradients clipped to global norm 1.0.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from evalharness.data import DatasetSpec, open_dataset, write_statistics
+from evalharness.data.dataset import Dataset
+from evalharness.policies.common.finetune import DataRequest, FinetuneError
+
+__all__ = [
+    "DataRequest",
+    "FinetuneConfig",
+    "FinetuneError",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "Trainer",
+    "TrainerFactory",
+    "finetune",
+    "get_trainer_factory",
+    "known_trainers",
+    "register_trainer",
+]
+
+TRAIN_LOG = "train_log.csv"
+TRAIN_LOG_COLUMNS = ("step", "loss", "learning_rate", "grad_norm", "time_s")
+REPORT_JSON = "compatibility_report.json"
+SPEC_JSON = "dataset_spec.json"
+FINETUNE_JSON = "finetune.json"
+STATE_DIR = "train_state"
+MODES = ("full", "head_only", "head_mlp_only")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Optimization settings every family honours (validated here, once)."""
+
+    mode: str = "full"
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    warmup_steps: int | None = None
+    weight_decay: float = 0.01
+    clip_gradient: float = 1.0
+    seed: int = 0
+    family_options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, value: Any, expected: str) -> FinetuneError:
+            return FinetuneError(f"finetune option {name}={value!r}: expected {expected}")
+
+        if self.mode not in MODES:
+            raise fail("mode", self.mode, f"one of {', '.join(MODES)}")
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise fail(name, value, "an integer >= 1")
+        if not self.learning_rate > 0:
+            raise fail("learning_rate", self.learning_rate, "a number > 0")
+        if self.weight_decay < 0 or not self.clip_gradient > 0:
+            raise fail(
+                "weight_decay/clip_gradient",
+                (self.weight_decay, self.clip_gradient),
+                "weight_decay >= 0 and clip_gradient > 0",
+            )
+        if self.warmup_steps is None:
+            # Upstream warms up over 2000 of 50k steps; short runs warm up over 5%.
+            object.__setattr__(self, "warmup_steps", min(2000, max(1, self.steps // 20)))
+        elif self.warmup_steps < 0:
+            raise fail("warmup_steps", self.warmup_steps, "an integer >= 0")
+        object.__setattr__(self, "family_options", dict(self.family_options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"family_options": dict(self.family_options)}
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What the driver needs from a family (see the module docstring for the full contract)."""
+
+    family: str
+    report: Any  # policies.common.compat.CompatibilityReport
+    data: DataRequest
+    changes: list[str]
+
+    def train_step(self, batch: Mapping[str, Any]) -> Mapping[str, float]: ...
+
+    def save(self, directory: str | Path, step: int) -> Path: ...
+
+    def state_dict(self) -> bytes: ...
+
+    def load_state_dict(self, data: bytes) -> None: ...
+
+    def policy_string(self, directory: str | Path) -> str: ...
+
+    def frozen_keys(self) -> list[str]: ...
+
+
+TrainerFactory = Callable[[str, Dataset, FinetuneOptions], Trainer]
+
+_TRAINERS: dict[str, TrainerFactory | str] = {
+    "octo_jax": "evalharness.policies.octo_jax.train:from_pretrained",
+}
+
+
+def register_trainer(name: str, factory: TrainerFactory | str) -> None:
+    """Register ``factory(checkpoint, dataset, options) -> Trainer`` (or a lazy
+    ``"package.module:function"``) under the policy family name ``name``."""
+    if name in _TRAINERS and _TRAINERS[name] != factory:
+        raise ValueError(f"a trainer for {name!r} is already registered")
+    _TRAINERS[name] = factory
+
+
+def known_trainers() -> list[str]:
+    return sorted(_TRAINERS)
+
+
+def get_trainer_factory(name: str) -> TrainerFactory:
+    """The factory for family ``name``, imported on first use."""
+    entry = _TRAINERS.get(name)
+    if entry is None:
+        raise FinetuneError(
+            f"no trainer for policy family {name!r}; families that can be finetuned: "
+            f"{', '.join(known_trainers())}"
+        )
+    if isinstance(entry, str):
+        module, _, function = entry.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), function)
+        except ImportError as exc:
+            raise FinetuneError(
+                f"the {name} trainer needs {exc.name or 'a missing package'} ({exc}); install "
+                f"the extra for {name}"
+            ) from exc
+        _TRAINERS[name] = factory
+        return factory  # type: ignore[no-any-return]
+    return entry
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One ``evalharness finetune``: from which checkpoint, on which data, to where."""
+
+    policy: str  # FAMILY:CKPT[?family options]
+    data: Path
+    out_dir: Path
+    dataset_spec: str | DatasetSpec = "libero"
+    options: FinetuneOptions = field(default_factory=FinetuneOptions)
+    save_every: int | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.save_every is not None and self.save_every < 1:
+            raise FinetuneError(f"--save-every must be >= 1, got {self.save_every}")
+
+
+@dataclass
+class FinetuneResult:
+    """What a finished finetune produced."""
+
+    out_dir: Path
+    policy: str  # the string that loads the finetuned checkpoint
+    step: int
+    train_log: Path
+    report: Any
+    losses: list[float]
+
+
+def parse_family(policy: str) -> tuple[str, str, dict[str, str]]:
+    """``FAMILY:CKPT[?k=v]`` → (family, checkpoint, options)."""
+    from evalharness.policies.registry import parse_policy_string
+
+    ref = parse_policy_string(policy)
+    if not ref.path:
+        raise FinetuneError(
+            f"--policy {policy!r} names no checkpoint; expected FAMILY:CHECKPOINT, e.g. "
+            "octo_jax:hf://rail-berkeley/octo-small-1.5"
+        )
+    return ref.name, ref.path, dict(ref.options)
+
+
+# -------------------------------------------------------------------------------------------
+# resume bookkeeping
+
+
+def _latest_state(out: Path) -> tuple[int, Path] | None:
+    latest = out / STATE_DIR / "latest.json"
+    if not latest.is_file():
+        return None
+    entry = json.loads(latest.read_text())
+    path = out / STATE_DIR / entry["file"]
+    if not path.is_file():
+        raise FinetuneError(f"{latest} points to {path}, which is missing; cannot --resume")
+    return int(entry["step"]), path
+
+
+def _write_state(out: Path, trainer: Trainer, step: int) -> None:
+    folder = out / STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{step}.bin"
+    tmp = folder / f"{name}.tmp"
+    tmp.write_bytes(trainer.state_dict())
+    tmp.replace(folder / name)
+    # Older states are superseded: keep only the newest, they hold the whole model.
+    for old in folder.glob("*.bin"):
+        if old.name != name:
+            old.unlink()
+    (folder / "latest.json.tmp").write_text(json.dumps({"step": step, "file": name}))
+    (folder / "latest.json.tmp").replace(folder / "latest.json")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the header and rows up to ``step``: steps after the resumed state are redone."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+def _skip_batches(
+    dataset: Dataset, request: DataRequest, options: FinetuneOptions, skip: int
+) -> Iterator[dict[str, Any]]:
+    """The batch stream from the start, fast-forwarded by ``skip`` batches without building
+    them, so a resumed run sees exactly the batches an uninterrupted one would."""
+    sampler = dataset.sampler(
+        request.window_size,
+        request.action_horizon,
+        options.batch_size,
+        options.seed,
+        normalization=request.normalization,
+        action_dim=request.action_dim,
+        statistics=dataset.statistics() if request.normalization else None,
+    )
+    if skip == 0:
+        return iter(sampler)
+    order = sampler._order()
+    for _ in range(skip * options.batch_size):
+        next(order)
+
+    def stream() -> Iterator[dict[str, Any]]:
+        from evalharness.data.windows import stack_samples
+
+        while True:
+            picks = [int(next(order)) for _ in range(options.batch_size)]
+            batch = stack_samples([sampler._sample(*sampler.index[i]) for i in picks])
+            yield sampler.transform(batch) if sampler.transform is not None else batch
+
+    return stream()
+
+
+# -------------------------------------------------------------------------------------------
+# the loop
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("evalharness", "jax", "flax", "optax", "torch", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_trainer(config: FinetuneConfig) -> tuple[Trainer, Dataset]:
+    """Open the data and build the family's trainer for it (no training)."""
+    family, checkpoint, family_options = parse_family(config.policy)
+    dataset = open_dataset(config.data, config.dataset_spec)
+    options = dataclasses.replace(
+        config.options, family_options={**family_options, **config.options.family_options}
+    )
+    factory = get_trainer_factory(family)
+    trainer = factory(checkpoint, dataset, options)
+    return trainer, dataset
+
+
+def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Run a finetune (or finish one with ``resume``); see the module docstring."""
+    say = log or (lambda text: print(text, file=sys.stderr))
+    out = Path(config.out_dir)
+    log_path = out / TRAIN_LOG
+    if not config.resume and (log_path.exists() or (out / STATE_DIR).exists()):
+        raise FinetuneError(
+            f"{out} already holds a finetune ({TRAIN_LOG} or {STATE_DIR}/ exists); pass --resume "
+            "to continue it, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, dataset = build_trainer(config)
+    options = config.options
+    report = trainer.report
+    say(report.format())
+    for change in trainer.changes:
+        say(f"  changed for the data: {change}")
+    report.write_json(out / REPORT_JSON)
+    write_statistics(dataset.statistics(), out)
+    (out / SPEC_JSON).write_text(json.dumps(dataset.spec.to_dict(), indent=2) + "\n")
+
+    start = 0
+    if config.resume:
+        found = _latest_state(out)
+        if found is not None:
+            start, path = found
+            trainer.load_state_dict(path.read_bytes())
+            say(f"resuming {out} from step {start}")
+        _truncate_log(log_path, start)
+    info = {
+        "policy": config.policy,
+        "family": trainer.family,
+        "data": str(config.data),
+        "dataset_spec": dataset.spec.name,
+        "options": options.to_dict(),
+        "data_request": dataclasses.asdict(trainer.data),
+        "save_every": config.save_every,
+        "frozen_keys": len(trainer.frozen_keys()),
+        "changes": list(trainer.changes),
+        "versions": _versions(),
+        "status": "running",
+    }
+    (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
+
+    batches = _skip_batches(dataset, trainer.data, options, start)
+    new_log = not log_path.is_file()
+    losses: list[float] = []
+    step = start
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=options.steps, initial=start, desc="finetune", unit="step", file=sys.stderr
+        )
+    t0 = time.perf_counter()
+    try:
+        with log_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new_log:
+                writer.writerow(TRAIN_LOG_COLUMNS)
+            while step < options.steps:
+                metrics = trainer.train_step(next(batches))
+                step += 1
+                loss = float(metrics["loss"])
+                losses.append(loss)
+                elapsed = time.perf_counter() - t0
+                writer.writerow(
+                    [
+                        step,
+                        f"{loss:.6g}",
+                        f"{float(metrics.get('learning_rate', float('nan'))):.6g}",
+                        f"{float(metrics.get('grad_norm', float('nan'))):.6g}",
+                        f"{elapsed:.3f}",
+                    ]
+                )
+                f.flush()
+                if bar is not None:
+                    bar.update(1)
+                    rate = (step - start) / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
+                if config.save_every and step % config.save_every == 0 and step < options.steps:
+                    trainer.save(out, step)
+                    _write_state(out, trainer, step)
+    finally:
+        if bar is not None:
+            bar.close()
+    trainer.save(out, step)
+    _write_state(out, trainer, step)
+    # The family's save may have written its own statistics; the data's are the truth.
+    write_statistics(dataset.statistics(), out)
+    elapsed = time.perf_counter() - t0
+    info.update(
+        status="finished",
+        step=step,
+        final_loss=losses[-1] if losses else None,
+        steps_per_s=round((step - start) / max(elapsed, 1e-9), 3),
+        policy_string=trainer.policy_string(out),
+    )
+    (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    say(f"finetuned {step} steps → {out} (evaluate with --policy {trainer.policy_string(out)})")
+    return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)

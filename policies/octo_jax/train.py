@@ -1,0 +1,726 @@
+"""Finetune a JAX Octo checkpoint: the ``octo_jax`` implementation of the finetune ``Trainer``.
+
+Upstream's ``scripts/finetune.py`` top to bottom, on evalharness data::
+
+    checkpoint ─► config edited for the new data (action dim, horizon, window; image tokenizers
+                  whose cameras the data lacks are dropped) ─► new model built on an example
+                  batch made from the data ─► pretrained leaves merged wherever name *and*
+                  shape agree (the compatibility report says what is fresh and why)
+    optimizer:    clip_by_global_norm → AdamW(warmup-cosine lr, weight decay on kernels only),
+                  frozen leaves (fnmatch on dotted paths) → optax.set_to_zero via multi_transform
+    loss:         transformer(train) → action head loss, masked by timestep_pad_mask ×
+                  action_pad_mask (diffusion head: ε-prediction MSE; L1/MSE heads: on actions),
+                  × action_dim as upstream
+
+Modes (upstream ``finetune_config.py``)::
+
+    full            frozen: the checkpoint's optimizer.frozen_keys (default ("*hf_model*",))
+    head_only       frozen: "octo_transformer.*"
+    head_mlp_only   frozen: "octo_transformer.*", "heads_*.map_head.probe",
+                            "heads_*.map_head.MultiHeadDotProductAttention_0.*"
+
+The T5 encoder (``*hf_model*``) is always frozen; instructions are encoded once per distinct
+string and cached, as the policy adapter does. Frozen leaves additionally get a
+``stop_gradient`` in the loss, so XLA drops their backward pass (``head_only`` is much cheaper
+than ``full``) — set_to_zero alone would still compute their gradients.
+
+Task conditioning is language only (upstream's ``language_conditioned``): goal images are
+zeros with ``pad_mask_dict`` False, which is what evaluation feeds.
+
+Options (``?key=value`` on the policy string or ``--option key=value``): ``step`` (checkpoint
+step to start from), ``tokenizer`` (folder with tokenizer.json), ``window_size``,
+``action_horizon``, ``normalization`` (``normal`` | ``bounds``), ``frozen_keys`` (extra
+comma-separated fnmatch patterns), ``keep_action_dim`` (``true``: pad narrower data actions to
+the checkpoint's dim instead of building a new head; the default pads narrower and rebuilds
+for wider).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatch
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from evalharness.policies.common.compat import (
+    CompatibilityReport,
+    compare_shapes,
+    flatten_tree,
+    merge_params,
+    unflatten_tree,
+)
+from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.common.images import resize_images
+from evalharness.policies.common.normalization import NormalizationType
+from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.octo.config import (
+    ConfigError,
+    DiffusionHeadConfig,
+    ImageTokenizerConfig,
+    LowdimObsTokenizerConfig,
+    OctoConfig,
+)
+from evalharness.policies.octo.explain import octo_explainer
+from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
+from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo_jax.loader import (
+    LoadedOcto,
+    build_module,
+    init_params,
+    load_octo,
+    param_shapes,
+    save_octo,
+)
+from evalharness.policies.octo_jax.model import (
+    ContinuousActionHead,
+    DiffusionActionHead,
+    OctoModule,
+    cosine_beta_schedule,
+    make_head,
+)
+from evalharness.policies.octo_jax.t5 import T5Encoder
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FROZEN_KEYS",
+    "MODES",
+    "OctoJaxTrainer",
+    "from_pretrained",
+    "frozen_mask",
+    "make_optimizer",
+    "octo_loss",
+]
+
+#: Upstream's frozen-key patterns per finetune mode (fnmatch on ".".join(path)).
+FROZEN_KEYS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "head_only": ("octo_transformer.*",),
+    "head_mlp_only": (
+        "octo_transformer.*",
+        "heads_*.map_head.probe",
+        "heads_*.map_head.MultiHeadDotProductAttention_0.*",
+    ),
+}
+MODES = tuple(FROZEN_KEYS)
+#: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
+ALWAYS_FROZEN = ("*hf_model*",)
+_OPTIONS = (
+    "step",
+    "tokenizer",
+    "window_size",
+    "action_horizon",
+    "normalization",
+    "frozen_keys",
+    "keep_action_dim",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# freezing and the optimizer
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    return ".".join(str(getattr(p, "key", p)) for p in path)
+
+
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+    """A bool tree: True where the leaf's dotted path matches any fnmatch pattern."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(fnmatch(_dotted(path), p) for p in patterns), params
+    )
+
+
+def make_optimizer(
+    params: Any,
+    frozen_patterns: Sequence[str],
+    learning_rate: optax.Schedule,
+    weight_decay: float,
+    clip_gradient: float,
+) -> optax.GradientTransformation:
+    """Upstream ``create_optimizer`` + ``freeze_weights`` (mu kept in float32, not bfloat16).
+
+    Weight decay applies only to leaves whose path contains "kernel"; frozen leaves get
+    ``set_to_zero`` so they stay bit-identical.
+    """
+    decay = jax.tree_util.tree_map_with_path(lambda path, _: "kernel" in _dotted(path), params)
+    trainable = optax.chain(
+        optax.clip_by_global_norm(clip_gradient),
+        optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay),
+    )
+    labels = jax.tree.map(
+        lambda frozen: "frozen" if frozen else "trainable", frozen_mask(params, frozen_patterns)
+    )
+    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# the loss (upstream OctoModule loss_fn + action head .loss)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = jnp.broadcast_to(mask, x.shape)
+    return jnp.mean(x * mask) / jnp.clip(jnp.mean(mask), 1e-5, None)
+
+
+def octo_loss(
+    module: OctoModule,
+    params: Any,
+    batch: Mapping[str, Any],
+    rng: jax.Array,
+    train: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Octo's training loss on a prepared batch (observation, task, action, action_pad_mask)."""
+    config = module.config
+    head = config.action_head
+    obs = batch["observation"]
+    pad = obs["timestep_pad_mask"]
+    dropout_rng, noise_rng = jax.random.split(rng)
+    outputs = module.apply(
+        {"params": params},
+        obs,
+        batch["task"],
+        pad,
+        train=train,
+        rngs={"dropout": dropout_rng},
+        method=OctoModule.run_transformer,
+    )
+    actions = batch["action"]
+    mask = pad[:, :, None, None] & batch["action_pad_mask"]
+    head_params = {"params": params["heads_action"]}
+    if isinstance(head, DiffusionHeadConfig):
+        b, w = pad.shape
+        flat = actions.reshape(b, w, -1)
+        flat = jnp.clip(flat, -head.max_action, head.max_action)
+        alpha_hats = jnp.cumprod(1 - jnp.asarray(cosine_beta_schedule(head.diffusion_steps)))
+        time_key, eps_key = jax.random.split(noise_rng)
+        n = head.n_diffusion_samples
+        time = jax.random.randint(time_key, (n, b, w, 1), 0, head.diffusion_steps)
+        noise = jax.random.normal(eps_key, (n, *flat.shape))
+        noisy = jnp.sqrt(alpha_hats[time]) * flat[None] + jnp.sqrt(1 - alpha_hats[time]) * noise
+        pred = DiffusionActionHead(head).apply(
+            head_params, outputs, time, noisy, train=train, rngs={"dropout": dropout_rng}
+        )
+        target, mask = noise, mask.reshape(b, w, -1)[None]
+    else:
+        pred = ContinuousActionHead(head).apply(
+            head_params, outputs, train=train, rngs={"dropout": dropout_rng}
+        )
+        target = actions
+    error = jnp.abs(pred - target) if head.loss_type == "l1" else jnp.square(pred - target)
+    # Upstream sums over the action dims instead of averaging.
+    loss = _masked_mean(error, mask) * head.action_dim
+    mse = _masked_mean(jnp.square(pred - target), mask) * head.action_dim
+    return loss, {"loss": loss, "mse": mse}
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array
+
+
+def _train_step(
+    module: OctoModule,
+    tx: optax.GradientTransformation,
+    frozen: Any,
+    schedule: optax.Schedule,
+    state: TrainState,
+    batch: Mapping[str, Any],
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng, key = jax.random.split(state.rng)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        # Frozen leaves are constants here: no backward pass is built for them.
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+        return octo_loss(module, params, batch, key, train=True)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    return TrainState(params, opt_state, rng, state.step + 1), metrics
+
+
+# --------------------------------------------------------------------------------------------
+# the config for the new data
+
+
+def _option(options: Mapping[str, str], key: str, default: int) -> int:
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        raise ValueError(
+            f"octo_jax finetune option {key}={options[key]!r} must be an integer"
+        ) from None
+    if value < 1:
+        raise ValueError(f"octo_jax finetune option {key}={value} must be >= 1")
+    return value
+
+
+def _bool(options: Mapping[str, str], key: str) -> bool:
+    text = str(options.get(key, "false")).lower()
+    if text not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"octo_jax finetune option {key}={options[key]!r} must be true or false")
+    return text in ("1", "true", "yes")
+
+
+class DataFacts(NamedTuple):
+    """What the new data offers, as far as the model's config depends on it."""
+
+    image_keys: tuple[str, ...]
+    lowdim_keys: tuple[str, ...]
+    action_dim: int
+
+
+def adapt_config(
+    config: Mapping[str, Any],
+    parsed: OctoConfig,
+    data: DataFacts,
+    window_size: int,
+    action_horizon: int,
+    action_dim: int,
+    normalization: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """``config.json`` edited for the new data (upstream ``update_config`` /
+    ``config_delete_keys``) and a plain-language list of the changes."""
+    new = copy.deepcopy(dict(config))
+    model = new["model"]
+    changes: list[str] = []
+    for name, tok in parsed.model.observation_tokenizers:
+        if isinstance(tok, ImageTokenizerConfig):
+            patterns, keys = tok.obs_stack_keys, data.image_keys
+        elif isinstance(tok, LowdimObsTokenizerConfig):
+            patterns, keys = tok.obs_keys, data.lowdim_keys
+        else:
+            continue
+        if not any(fnmatch_re(p, k) for p in patterns for k in keys):
+            del model["observation_tokenizers"][name]
+            changes.append(
+                f"observation tokenizer {name!r} removed: the data has no key matching "
+                f"{list(patterns)} (it has {list(keys)})"
+            )
+    head = parsed.model.action_head
+    kwargs = model["heads"]["action"].setdefault("kwargs", {})
+    kwargs.pop("pred_horizon", None)
+    if head.action_dim != action_dim:
+        changes.append(
+            f"action head rebuilt: action_dim {head.action_dim} → {action_dim} (the data's)"
+        )
+    if head.action_horizon != action_horizon:
+        changes.append(
+            f"action head rebuilt: action_horizon {head.action_horizon} → {action_horizon}"
+        )
+    kwargs["action_dim"] = action_dim
+    kwargs["action_horizon"] = action_horizon
+    if (parsed.window_size or window_size) != window_size:
+        changes.append(f"window_size {parsed.window_size} → {window_size}")
+    new["window_size"] = window_size
+    dataset_kwargs = new.setdefault("dataset_kwargs", {})
+    traj = dataset_kwargs.setdefault("traj_transform_kwargs", {})
+    traj.update(window_size=window_size, action_horizon=action_horizon, max_action_dim=action_dim)
+    # The policy adapter reads this to un-normalize actions the way they were trained.
+    dataset_kwargs["action_proprio_normalization_type"] = normalization
+    return new, changes
+
+
+def fnmatch_re(pattern: str, key: str) -> bool:
+    """Octo's tokenizer key patterns are regexes matched at the start (``re.match``)."""
+    return re.match(pattern, key) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+class OctoJaxTrainer:
+    """A JAX Octo model being finetuned; implements ``evalharness.finetune.Trainer``."""
+
+    family = "octo_jax"
+
+    def __init__(
+        self,
+        pretrained: LoadedOcto,
+        config: dict[str, Any],
+        parsed: OctoConfig,
+        example_batch: dict[str, Any],
+        params: Any,
+        report: CompatibilityReport,
+        statistics: Mapping[str, Any],
+        tokenizer: TextTokenizer | None,
+        mode: str,
+        frozen_patterns: tuple[str, ...],
+        options: Any,
+        normalization: NormalizationType,
+        changes: list[str],
+    ) -> None:
+        self.pretrained = pretrained
+        self.config = config
+        self.parsed = parsed
+        self.example_batch = example_batch
+        self.report = report
+        self.statistics = dict(statistics)
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.frozen_patterns = frozen_patterns
+        self.changes = changes
+        self.module = build_module(parsed, pretrained.t5)
+        self.inputs = OctoInputSpec.from_example_batch(example_batch, parsed.window_size)
+        head = parsed.model.action_head
+        self.data = DataRequest(
+            window_size=self.inputs.window_size,
+            action_horizon=head.action_horizon,
+            action_dim=head.action_dim,
+            normalization=normalization.value,
+        )
+        self.schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=options.learning_rate,
+            warmup_steps=options.warmup_steps,
+            decay_steps=max(options.steps, options.warmup_steps + 1),
+            end_value=0.0,
+        )
+        params = jax.tree.map(jnp.asarray, params)
+        self.frozen = frozen_mask(params, frozen_patterns)
+        self.tx = make_optimizer(
+            params, frozen_patterns, self.schedule, options.weight_decay, options.clip_gradient
+        )
+        self.state = TrainState(
+            params,
+            self.tx.init(params),
+            jax.random.PRNGKey(options.seed),
+            jnp.asarray(0, dtype=jnp.int32),
+        )
+        self._step = jax.jit(partial(_train_step, self.module, self.tx, self.frozen, self.schedule))
+        self._language: dict[str, np.ndarray] = {}
+        t5 = pretrained.t5
+        self._encode = (
+            jax.jit(lambda p, ids, mask: T5Encoder(t5).apply({"params": p}, ids, mask))
+            if t5 is not None
+            else None
+        )
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    @property
+    def params(self) -> Any:
+        return self.state.params
+
+    def frozen_keys(self) -> list[str]:
+        """Flattened keys of the frozen leaves (``a/b/kernel``)."""
+        return [k for k, f in flatten_tree(self.frozen).items() if f]
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One optimizer step on a data-layer batch; returns loss, grad_norm, learning_rate."""
+        prepared = self.prepare_batch(batch)
+        self.state, metrics = self._step(self.state, prepared)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def eval_loss(self, batch: Mapping[str, Any], seed: int = 0) -> float:
+        """The loss on ``batch`` with the current parameters, without updating them."""
+        prepared = self.prepare_batch(batch)
+        loss, _ = jax.jit(partial(octo_loss, self.module, train=False))(
+            self.state.params, prepared, jax.random.PRNGKey(seed)
+        )
+        return float(loss)
+
+    def save(self, directory: str | Path, step: int) -> Path:
+        """Write ``directory/<step>/default/checkpoint`` + config, example batch, statistics,
+        and the tokenizer files, so ``octo_jax:directory`` loads strictly and offline."""
+        directory = Path(directory)
+        params = jax.tree.map(np.asarray, self.state.params)
+        save_octo(directory, step, params, self.config, self.example_batch, self.statistics)
+        self._copy_tokenizer(directory)
+        return directory
+
+    def state_dict(self) -> bytes:
+        """Parameters, optimizer state, PRNG key and step, for ``--resume``."""
+        return flax.serialization.to_bytes(self.state)
+
+    def load_state_dict(self, data: bytes) -> None:
+        self.state = flax.serialization.from_bytes(self.state, data)
+
+    def policy_string(self, directory: str | Path) -> str:
+        """How evaluation loads the saved checkpoint."""
+        return f"octo_jax:{directory}"
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def encode_instructions(self, instructions: Sequence[str]) -> np.ndarray:
+        """(B, tokens, d) T5 embeddings; each distinct instruction is encoded once."""
+        new = [s for s in dict.fromkeys(instructions) if s not in self._language]
+        if new:
+            if self.tokenizer is None or self._encode is None:
+                raise ValueError("the model has no language encoder but the data has instructions")
+            ids = self.tokenizer.encode(new)
+            t5 = self.state.params["octo_transformer"]["task_tokenizers_language"]["hf_model"]
+            out = np.asarray(self._encode(t5, ids["input_ids"], ids["attention_mask"]))
+            self._language.update(zip(new, out, strict=True))
+        return np.stack([self._language[s] for s in instructions])
+
+    def prepare_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """A data-layer batch (``evalharness.data.windows``) → the model's input pytree."""
+        obs = batch["observation"]
+        pad = np.asarray(obs["timestep_pad_mask"], dtype=bool)
+        size, window = pad.shape
+        masks = obs.get("pad_mask_dict", {})
+        observation: dict[str, Any] = {}
+        pad_mask_dict: dict[str, np.ndarray] = {}
+        for key, (height, width) in self.inputs.obs_images.items():
+            if key in obs:
+                observation[key] = resize_images(np.asarray(obs[key]), (height, width))
+                pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+            else:
+                observation[key] = np.zeros((size, window, height, width, 3), np.uint8)
+                pad_mask_dict[key] = np.zeros((size, window), bool)
+        for key in self.inputs.lowdim:
+            observation[key] = np.asarray(obs[key], np.float32)
+            pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+        if self.inputs.obs_timestep:
+            observation["timestep"] = np.zeros((size, window), np.int32)
+            pad_mask_dict["timestep"] = np.ones((size, window), bool)
+        observation["timestep_pad_mask"] = pad
+        observation["pad_mask_dict"] = pad_mask_dict
+        task = prepare_tasks(size, self.inputs)
+        if self.parsed.model.language_tokenizer is not None:
+            texts = [str(t) for t in batch["task"]["language_instruction"]]
+            task["language_instruction"] = self.encode_instructions(texts)
+            task["pad_mask_dict"]["language_instruction"] = np.ones(size, bool)
+        return {
+            "observation": observation,
+            "task": task,
+            "action": np.asarray(batch["action"], np.float32),
+            "action_pad_mask": np.asarray(batch["action_pad_mask"], bool),
+        }
+
+    def _copy_tokenizer(self, directory: Path) -> None:
+        text = self.parsed.text_processor
+        if self.tokenizer is None or text is None:
+            return
+        target = directory / Path(text.tokenizer_name).name
+        if (target / "tokenizer.json").is_file():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (
+            "tokenizer.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "spiece.model",
+        ):
+            source = self.tokenizer.folder / name
+            if source.is_file():
+                shutil.copyfile(source, target / name)
+
+
+def _example_batch(
+    batch: Mapping[str, Any],
+    inputs: OctoInputSpec,
+    tokenizer: TextTokenizer | None,
+    has_language: bool,
+) -> dict[str, Any]:
+    """An upstream-style example batch (batch 1) from the first data sample, at the model's
+    image sizes; it fixes the new model's input shapes and is saved with the checkpoint."""
+    obs = batch["observation"]
+    pad = np.asarray(obs["timestep_pad_mask"], bool)[:1]
+    window = pad.shape[1]
+    observation: dict[str, Any] = {}
+    masks: dict[str, np.ndarray] = {}
+    for key, size in inputs.obs_images.items():
+        if key in obs:
+            observation[key] = resize_images(np.asarray(obs[key])[:1], size)
+            masks[key] = np.ones((1, window), bool)
+    for key in inputs.lowdim:
+        if key in obs:
+            observation[key] = np.asarray(obs[key], np.float32)[:1]
+            masks[key] = np.ones((1, window), bool)
+    observation["timestep"] = np.zeros((1, window), np.int32)
+    masks["timestep"] = np.ones((1, window), bool)
+    observation["timestep_pad_mask"] = pad
+    observation["task_completed"] = ~np.asarray(batch["action_pad_mask"], bool)[:1, ..., 0]
+    observation["pad_mask_dict"] = masks
+    task_inputs = OctoInputSpec(
+        window_size=window,
+        obs_images=inputs.obs_images,
+        task_images={k: v for k, v in inputs.task_images.items() if k in observation},
+        language_length=inputs.language_length,
+    )
+    language = None
+    if has_language and tokenizer is not None:
+        ids = tokenizer.encode([str(batch["task"]["language_instruction"][0])])
+        language = {k: v.astype(np.int32) for k, v in ids.items()}
+    task = prepare_tasks(1, task_inputs, language)
+    return {
+        "observation": observation,
+        "task": task,
+        "action": np.asarray(batch["action"], np.float32)[:1],
+        "action_pad_mask": np.asarray(batch["action_pad_mask"], bool)[:1],
+    }
+
+
+def _fresh_params(
+    module: OctoModule, example: Mapping[str, Any], keys: Sequence[str], seed: int
+) -> dict[str, Any]:
+    """Fresh values (flattened) covering ``keys``: only the heads when only head leaves are
+    needed (a new action head compiles in a second; initializing the whole model with its T5
+    takes far longer), else the whole model."""
+    if not keys:
+        return {}
+    if not all(k.startswith("heads_") for k in keys):
+        return flatten_tree(init_params(module, example, seed))
+    obs, task = example["observation"], example["task"]
+    outputs, _ = jax.eval_shape(
+        lambda: module.init_with_output(
+            jax.random.PRNGKey(0),
+            obs,
+            task,
+            obs["timestep_pad_mask"],
+            train=False,
+            method=OctoModule.run_transformer,
+        )
+    )
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs)
+    fresh: dict[str, Any] = {}
+    for name, config in module.config.heads:
+        head = make_head(config)
+        params = jax.jit(lambda rng, head=head: head.init(rng, zeros)["params"])(
+            jax.random.PRNGKey(seed)
+        )
+        fresh[f"heads_{name}"] = jax.tree.map(np.asarray, params)
+    return flatten_tree(fresh)
+
+
+def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrainer:
+    """Build the finetune model for ``dataset`` from ``checkpoint`` (see the module docstring).
+
+    ``options`` is an ``evalharness.finetune.FinetuneOptions``; its ``family_options`` are
+    this module's options.
+    """
+    family = dict(options.family_options)
+    unknown = sorted(set(family) - set(_OPTIONS))
+    if unknown:
+        raise FinetuneError(
+            f"octo_jax finetune has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
+        )
+    if options.mode not in FROZEN_KEYS:
+        raise FinetuneError(f"--mode {options.mode!r}: expected one of {', '.join(MODES)}")
+    pretrained = load_octo(checkpoint, step=parse_step(family.get("step")), strict=True)
+    ckpt = pretrained.checkpoint
+    parsed_old = pretrained.config
+    head = parsed_old.model.action_head
+    statistics = dataset.statistics()
+    data_dim = len(statistics["action"]["mean"])
+    window = _option(family, "window_size", pretrained.inputs.window_size)
+    horizon = _option(family, "action_horizon", head.action_horizon)
+    keep = _bool(family, "keep_action_dim") or data_dim <= head.action_dim
+    action_dim = head.action_dim if keep and data_dim <= head.action_dim else data_dim
+    if _bool(family, "keep_action_dim") and data_dim > head.action_dim:
+        raise FinetuneError(
+            f"keep_action_dim=true but the data has {data_dim} action dims and the checkpoint's "
+            f"head {head.action_dim}; drop the option to build a {data_dim}-dim head"
+        )
+    normalization = NormalizationType.parse(family.get("normalization", "normal"))
+
+    episodes = dataset.load()
+    first = episodes[0]
+    image_keys = tuple(k for k in first if k.startswith("image_"))
+    lowdim = tuple(k for k in ("proprio",) if k in first)
+    facts = DataFacts(image_keys, lowdim, data_dim)
+    config, changes = adapt_config(
+        ckpt.config, parsed_old, facts, window, horizon, action_dim, normalization.value
+    )
+    source = f"{ckpt.directory / 'config.json'} (edited for {dataset.path})"
+    try:
+        parsed = OctoConfig.from_checkpoint_config(config, source=source)
+    except ConfigError as exc:
+        raise FinetuneError(str(exc)) from None
+
+    tokenizer = None
+    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
+        folder = resolve_tokenizer(
+            parsed.text_processor.tokenizer_name, ckpt.directory, family.get("tokenizer")
+        )
+        tokenizer = TextTokenizer(folder, parsed.text_processor)
+
+    # Input shapes: the checkpoint's image sizes and language length, the new window.
+    sample = next(dataset.batches(window, horizon, 1, seed=0, action_dim=action_dim))
+    old_inputs = pretrained.inputs
+    model_images = {
+        k: v
+        for k, v in old_inputs.obs_images.items()
+        if any(
+            fnmatch_re(p, k)
+            for _, t in parsed.model.observation_tokenizers
+            if isinstance(t, ImageTokenizerConfig)
+            for p in t.obs_stack_keys
+        )
+    }
+    lowdim_used = {
+        k: int(np.shape(first[k])[-1])
+        for k in lowdim
+        if any(fnmatch_re(p, k) for _, t in parsed.model.lowdim_tokenizers for p in t.obs_keys)
+    }
+    inputs = OctoInputSpec(
+        window_size=window,
+        obs_images=model_images,
+        task_images=old_inputs.task_images,
+        lowdim=lowdim_used,
+        language_length=old_inputs.language_length,
+    )
+    example = _example_batch(sample, inputs, tokenizer, parsed.model.language_tokenizer is not None)
+    module = build_module(parsed, pretrained.t5)
+    shapes = param_shapes(module, example)
+    new_inputs = OctoInputSpec.from_example_batch(example, window)
+    stored = ckpt.flat_params
+    report = compare_shapes(
+        stored,
+        shapes,
+        explain=octo_explainer(parsed.model, new_inputs),
+        source=ckpt.name,
+        target=f"octo_jax model for {dataset.path}",
+    )
+    needed = [e.key for e in report.entries if e.key in shapes and e.status != "loaded"]
+    fresh = _fresh_params(module, example, needed, options.seed)
+    # merge_params takes the model's whole key set from its `fresh` argument; leaves that
+    # load need no fresh values, so they are seeded with the stored ones.
+    loaded = {e.key: stored[e.source_key] for e in report.loaded if e.source_key in stored}
+    merged = merge_params(stored, {**loaded, **fresh}, report)
+    params = unflatten_tree({k: np.asarray(v, np.float32) for k, v in merged.items()})
+
+    base = tuple(ckpt.config.get("optimizer", {}).get("frozen_keys") or ALWAYS_FROZEN)
+    extra = tuple(p for p in family.get("frozen_keys", "").split(",") if p)
+    patterns = tuple(dict.fromkeys((*ALWAYS_FROZEN, *base, *FROZEN_KEYS[options.mode], *extra)))
+    stuck = [k for k in needed if any(fnmatch(k.replace("/", "."), p) for p in patterns)]
+    if stuck:
+        changes.append(
+            f"warning: {len(stuck)} freshly initialized leaves are frozen in mode "
+            f"{options.mode!r} and stay random (e.g. {stuck[0]}); use --mode full"
+        )
+    return OctoJaxTrainer(
+        pretrained,
+        config,
+        parsed,
+        example,
+        params,
+        report,
+        statistics,
+        tokenizer,
+        options.mode,
+        patterns,
+        options,
+        normalization,
+        changes,
+    )
