@@ -182,7 +182,8 @@ class LiberoEnv(gym.Env):
 
     `reset(seed=s, options={"init_state_index": i})` seeds LIBERO's NumPy RNG (it decides the
     placement of fixtures the flat sim state does not hold), soft-resets the simulator (no XML
-    rebuild), loads official init state `i`, then runs `num_steps_wait` warm-up steps of
+    rebuild), loads official init state `i` (or `options["sim_state"]`, a flat state such as
+    a demo's first `states` row), then runs `num_steps_wait` warm-up steps of
     `wait_action` that do not count towards `max_steps`. `terminated` is LIBERO's own success
     check; `truncated` fires at `max_steps`. robosuite's internal horizon is disabled, so the
     "executing action in terminated episode" error cannot happen.
@@ -514,7 +515,16 @@ class LiberoEnv(gym.Env):
         self._env.reset()
         self._reset_gripper_command()
         self._gate(read_now=wait == 0, read_next=wait == 1, forced=True)
-        raw = self._env.set_init_state(self._init_states[index])
+        # `sim_state` (a flat state, e.g. a recorded demo's first `states` row) replaces the
+        # official init state: a replayed demonstration starts exactly where it started.
+        state = options.get("sim_state")
+        state = self._init_states[index] if state is None else np.asarray(state, np.float64)
+        if state.shape != self._init_states[index].shape:
+            raise ValueError(
+                f"sim_state for {self.task.suite} task {self.task.task_id} must be a flat "
+                f"state of shape {self._init_states[index].shape}, got {state.shape}"
+            )
+        raw = self._env.set_init_state(state)
         for i in range(1, wait + 1):
             self._gate(read_now=i == wait, read_next=i + 1 == wait)
             raw, _, _, _ = self._env.step(self.wait_action)

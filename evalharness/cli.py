@@ -257,6 +257,55 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_record_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser(
+        "record",
+        help="record a policy's rollouts as LIBERO demonstration HDF5 files",
+        description=(
+            "Roll a policy out (any policy; `scripted` is the expert) and write one "
+            "<task_name>_demo.hdf5 per task in LIBERO's dataset layout, frames in LIBERO's raw "
+            "orientation. Episodes follow the protocol (init states, warm-up, step limit)."
+        ),
+        epilog="example: evalharness record --policy scripted --suite libero_object --out demos/",
+    )
+    r.add_argument("--suite", required=True, help="LIBERO suite, e.g. libero_object")
+    r.add_argument("--policy", required=True, help="NAME[:PATH][?key=value&...], e.g. scripted")
+    r.add_argument("--out", required=True, help="directory for the <task_name>_demo.hdf5 files")
+    r.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
+    r.add_argument("--protocol", default="openvla", help="protocol preset (step limits, warm-up)")
+    r.add_argument(
+        "--episodes-per-task", type=int, default=None, help="default: the protocol's (50)"
+    )
+    r.add_argument("--max-steps", type=int, default=None, help="step limit for every suite")
+    r.add_argument("--seed", type=int, default=None, help="base seed; episode i uses seed+i")
+    r.add_argument(
+        "--camera-size", type=int, default=128, help="frame size in pixels (LIBERO's: 128)"
+    )
+    r.add_argument("--only-success", action="store_true", help="keep successful episodes only")
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from evalharness.protocols import get_protocol
+    from evalharness.record import RecordConfig, record
+    from evalharness.runner import parse_task_ids
+
+    protocol = get_protocol(args.protocol).with_overrides(
+        episodes_per_task=args.episodes_per_task, max_steps=args.max_steps, seed=args.seed
+    )
+    config = RecordConfig(
+        suite=args.suite,
+        policy=args.policy,
+        out_dir=Path(args.out),
+        protocol=protocol,
+        task_ids=parse_task_ids(args.tasks) if args.tasks else None,
+        camera_size=args.camera_size,
+        only_success=args.only_success,
+    )
+    config.tasks()  # validates task ids before building anything
+    record(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalharness",
@@ -283,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("run_dir", help="a run directory holding episodes.csv")
     _add_report_parsers(sub)
+    _add_record_parser(sub)
     return parser
 
 
@@ -293,6 +343,7 @@ COMMANDS = {
     "summarize": cmd_summarize,
     "dashboard": cmd_dashboard,
     "compare": cmd_compare,
+    "record": cmd_record,
 }
 
 

@@ -24,6 +24,9 @@ HOLD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 class ScriptedPolicy(Policy):
     """Pick-and-place, drawer and stove skills from the BDDL goal and ground-truth poses."""
 
+    #: nothing is compiled, so batches need no padding to fixed sizes.
+    pad_batch = False
+
     def __init__(self, strict: bool = False) -> None:
         self.spec = PolicySpec(name="scripted", uses_images=False, privileged=True)
         self.strict = strict
@@ -49,6 +52,12 @@ class ScriptedPolicy(Policy):
         # In lockstep every live episode is in every batch: an absent seed has ended.
         for seed in set(self._experts) - set(seeds):
             del self._experts[seed]
+        # An episode restarted (e.g. on a fresh worker) starts its plan over.
+        starts = np.asarray(tasks.get("episode_start", np.zeros(len(seeds), bool)), dtype=bool)
+        for seed, start in zip(seeds, starts.tolist(), strict=True):
+            if start:
+                self._experts.pop(seed, None)
+                self._unsupported.pop(seed, None)
         actions = np.zeros((len(seeds), 1, 7))
         for i, (seed, state) in enumerate(zip(seeds, obs["privileged"], strict=True)):
             actions[i, 0] = self._act_one(seed, state)

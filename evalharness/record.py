@@ -1,0 +1,427 @@
+"""Record any policy's rollouts as LIBERO demonstration files (`evalharness record`).
+
+One `<task_name>_demo.hdf5` per task, in the layout of LIBERO's own datasets
+(`scripts/create_dataset.py`), so LIBERO/robomimic tooling and `evalharness finetune` read it:
+
+    data                      attrs: env_name, problem_info (JSON), macros_image_convention,
+                              bddl_file_name, bddl_file_content, env_args (JSON), num_demos,
+                              total, tag="libero-v1" (+ evalharness_* provenance)
+    data/demo_<i>             attrs: num_samples, model_file (MJCF), init_state (+ init_state_index,
+                              seed, success)
+        actions       (T, 7)  float64, the env actions executed (OSC_POSE deltas, gripper +-1)
+        states        (T, D)  float64, flat MuJoCo state *before* each action
+        robot_states  (T, 9)  float64, gripper qpos 2 + eef pos 3 + eef quat 4 (xyzw)
+        rewards       (T,)    uint8, 1 on the last step of a successful demo
+        dones         (T,)    uint8, 1 on the last step
+        obs/agentview_rgb     (T, H, W, 3) uint8  raw render orientation (upside down), as
+        obs/eye_in_hand_rgb   (T, H, W, 3) uint8  in LIBERO's files; not the harness' upright view
+        obs/gripper_states    (T, 2), obs/joint_states (T, 7), obs/ee_states (T, 6) = eef pos +
+                              axis-angle, obs/ee_pos (T, 3), obs/ee_ori (T, 3), all float64
+
+Row t holds the observation and state an action was chosen from and that action (robomimic's
+convention). Recording starts after the protocol's warm-up steps, so `states[0]` is where the
+policy took over and replaying `actions` from it (`replay_demo`) retraces the demo.
+
+    >>> paths = record_demos("libero_object", [0], "/tmp/demos", episodes_per_task=2)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from evalharness.envs.libero import LiberoEnv, TaskInfo, get_task, list_tasks
+from evalharness.envs.rotations import quat2axisangle
+from evalharness.policies.base import Policy, check_actions
+from evalharness.protocols import Protocol, get_protocol
+
+LIBERO_TAG = "libero-v1"
+#: LIBERO's datasets are rendered at 128 px; the protocol's eval size does not apply here.
+DEFAULT_CAMERA_SIZE = 128
+
+
+@dataclass
+class Demo:
+    """One recorded episode, row t = what the policy saw and did at env step t."""
+
+    agentview_rgb: list[np.ndarray] = field(default_factory=list)
+    eye_in_hand_rgb: list[np.ndarray] = field(default_factory=list)
+    gripper_states: list[np.ndarray] = field(default_factory=list)
+    joint_states: list[np.ndarray] = field(default_factory=list)
+    ee_states: list[np.ndarray] = field(default_factory=list)
+    robot_states: list[np.ndarray] = field(default_factory=list)
+    states: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    success: bool = False
+    init_state_index: int = 0
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+class DemoRecorder(gym.Wrapper):
+    """Wraps the bare `LiberoEnv` and logs every env step in LIBERO's per-step fields.
+
+    It sits under the policy's wrappers (history, chunking), so a chunk of 8 actions becomes
+    8 rows, each with the raw frames and sim state it was executed from.
+    """
+
+    def __init__(self, env: LiberoEnv) -> None:
+        super().__init__(env)
+        self.base = env
+        self.demo = Demo()
+        self._pending: dict[str, np.ndarray] = {}
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        raw = self.base.raw_observation
+        if "agentview_image" not in raw:
+            raise RuntimeError(
+                "DemoRecorder needs camera frames on every step; build the env with "
+                "render_images=True and the default render schedule"
+            )
+        pos = np.asarray(raw["robot0_eef_pos"], dtype=np.float64)
+        quat = np.asarray(raw["robot0_eef_quat"], dtype=np.float64)
+        gripper = np.asarray(raw["robot0_gripper_qpos"], dtype=np.float64)
+        return {
+            "agentview_rgb": np.array(raw["agentview_image"], dtype=np.uint8),
+            "eye_in_hand_rgb": np.array(raw["robot0_eye_in_hand_image"], dtype=np.uint8),
+            "gripper_states": gripper,
+            "joint_states": np.asarray(raw["robot0_joint_pos"], dtype=np.float64),
+            "ee_states": np.concatenate([pos, quat2axisangle(quat)]),
+            "robot_states": np.concatenate([gripper, pos, quat]),
+            "states": self.base.get_sim_state(),
+        }
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self.demo = Demo(init_state_index=int(info.get("init_state_index", 0)))
+        self._pending = self._snapshot()
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        row = self._pending
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        for key, value in row.items():
+            getattr(self.demo, key).append(value)
+        self.demo.actions.append(np.asarray(action, dtype=np.float64).copy())
+        self.demo.success = bool(info.get("success", False))
+        if not (terminated or truncated):
+            self._pending = self._snapshot()
+        return obs, reward, terminated, truncated, info
+
+
+def _wrap_for_policy(env: gym.Env, policy: Policy) -> gym.Env:
+    """The policy's wrapper stack (resize, history, chunking), as the runner's workers build."""
+    from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
+
+    spec = policy.spec
+    if spec.image_sizes:
+        env = ResizeImage(env, {k: (int(v[0]), int(v[1])) for k, v in spec.image_sizes.items()})
+    env = History(env, spec.window_size)
+    if spec.temporal_ensemble_weight is not None:
+        return TemporalEnsemble(env, spec.action_horizon, spec.temporal_ensemble_weight)
+    return ActionChunk(env, spec.resolved_exec_horizon)
+
+
+def _batch_of_one(obs: dict[str, Any]) -> dict[str, Any]:
+    batch: dict[str, Any] = {k: v[None] for k, v in obs.items() if isinstance(v, np.ndarray)}
+    if "privileged" in obs:
+        privileged = np.empty(1, dtype=object)
+        privileged[0] = obs["privileged"]
+        batch["privileged"] = privileged
+    return batch
+
+
+def rollout(
+    env: gym.Env,
+    recorder: DemoRecorder,
+    policy: Policy,
+    init_state_index: int,
+    seed: int,
+    policy_seed: int,
+) -> Demo:
+    """One episode of `policy` on a wrapped env; returns what `recorder` logged."""
+    obs, _ = env.reset(seed=seed, options={"init_state_index": init_state_index})
+    policy.reset(1)
+    instruction = recorder.base.task.instruction
+    first = True
+    while True:
+        tasks = {
+            "language_instruction": [instruction],
+            "episode_seed": np.array([policy_seed], dtype=np.int64),
+            "episode_start": np.array([first]),
+        }
+        first = False
+        actions = check_actions(policy, policy.act(_batch_of_one(obs), tasks), 1)[0]
+        obs, _, terminated, truncated, _ = env.step(actions)
+        if terminated or truncated:
+            break
+    recorder.demo.seed = seed
+    return recorder.demo
+
+
+def _env_kwargs(env: LiberoEnv) -> dict[str, Any]:
+    h, w = env.camera_hw
+    return {
+        "bddl_file_name": env.task.bddl_file,
+        "robots": ["Panda"],
+        "controller": "OSC_POSE",
+        "control_freq": 20,
+        "camera_names": ["agentview", "robot0_eye_in_hand"],
+        "camera_heights": h,
+        "camera_widths": w,
+        "has_renderer": False,
+        "has_offscreen_renderer": True,
+        "use_camera_obs": True,
+        "ignore_done": True,
+        "hard_reset": False,
+    }
+
+
+def write_demos(
+    path: Path, env: LiberoEnv, demos: Sequence[Demo], provenance: dict[str, Any]
+) -> Path:
+    """Write `demos` of one task to `path` in LIBERO's HDF5 layout (see module docstring)."""
+    import h5py
+    import robosuite.macros as macros
+
+    robosuite_env = env._env.env
+    problem_name = str(robosuite_env.parsed_problem["problem_name"])
+    problem_info = {
+        "domain_name": str(robosuite_env.parsed_problem.get("domain_name", "robosuite")),
+        "problem_name": problem_name,
+        "language_instruction": env.task.instruction,
+    }
+    env_name = type(robosuite_env).__name__
+    env_args = {
+        "type": 1,
+        "env_name": env_name,
+        "problem_name": problem_name,
+        "bddl_file": env.task.bddl_file,
+        "env_kwargs": _env_kwargs(env),
+    }
+    model_xml = robosuite_env.sim.model.get_xml()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".hdf5.tmp")
+    with h5py.File(tmp, "w") as f:
+        grp = f.create_group("data")
+        grp.attrs["env_name"] = env_name
+        grp.attrs["problem_info"] = json.dumps(problem_info)
+        grp.attrs["macros_image_convention"] = macros.IMAGE_CONVENTION
+        grp.attrs["bddl_file_name"] = env.task.bddl_file
+        grp.attrs["bddl_file_content"] = Path(env.task.bddl_file).read_text()
+        grp.attrs["env_args"] = json.dumps(env_args)
+        grp.attrs["tag"] = LIBERO_TAG
+        for key, value in provenance.items():
+            grp.attrs[f"evalharness_{key}"] = value
+        total = 0
+        for i, demo in enumerate(demos):
+            n = len(demo)
+            g = grp.create_group(f"demo_{i}")
+            obs = g.create_group("obs")
+            ee = np.stack(demo.ee_states)
+            obs.create_dataset("agentview_rgb", data=np.stack(demo.agentview_rgb))
+            obs.create_dataset("eye_in_hand_rgb", data=np.stack(demo.eye_in_hand_rgb))
+            obs.create_dataset("gripper_states", data=np.stack(demo.gripper_states))
+            obs.create_dataset("joint_states", data=np.stack(demo.joint_states))
+            obs.create_dataset("ee_states", data=ee)
+            obs.create_dataset("ee_pos", data=ee[:, :3])
+            obs.create_dataset("ee_ori", data=ee[:, 3:])
+            g.create_dataset("actions", data=np.stack(demo.actions))
+            g.create_dataset("states", data=np.stack(demo.states))
+            g.create_dataset("robot_states", data=np.stack(demo.robot_states))
+            rewards = np.zeros(n, dtype=np.uint8)
+            rewards[-1] = int(demo.success)
+            dones = np.zeros(n, dtype=np.uint8)
+            dones[-1] = 1
+            g.create_dataset("rewards", data=rewards)
+            g.create_dataset("dones", data=dones)
+            g.attrs["num_samples"] = n
+            g.attrs["model_file"] = model_xml
+            g.attrs["init_state"] = demo.states[0]
+            g.attrs["init_state_index"] = demo.init_state_index
+            g.attrs["seed"] = demo.seed
+            g.attrs["success"] = demo.success
+            total += n
+        grp.attrs["num_demos"] = len(demos)
+        grp.attrs["total"] = total
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """A resolved `evalharness record`: which policy, suite, tasks and episodes, and where."""
+
+    suite: str
+    policy: str
+    out_dir: Path
+    protocol: Protocol = field(default_factory=lambda: get_protocol("openvla"))
+    task_ids: tuple[int, ...] | None = None
+    camera_size: int = DEFAULT_CAMERA_SIZE
+    only_success: bool = False
+
+    def tasks(self) -> list[TaskInfo]:
+        if self.task_ids is None:
+            return list(list_tasks(self.suite))
+        return [get_task(self.suite, t) for t in self.task_ids]
+
+
+def record(config: RecordConfig, policy: Policy | None = None, progress: bool = True) -> list[Path]:
+    """Roll `config.policy` out on each task and write one `<task_name>_demo.hdf5` per task.
+
+    Episode i starts from official init state i % 50 with seed `protocol.seed + i`, after the
+    protocol's warm-up steps, as in `evalharness run`. With `only_success`, failed episodes
+    are left out (a task may then get fewer demos, or none: its file is still written).
+    """
+    from evalharness.policies import load_policy
+    from evalharness.runner import policy_seed
+
+    if policy is None:
+        policy = load_policy(config.policy)
+    p = config.protocol
+    paths = []
+    for task in config.tasks():
+        base = LiberoEnv(
+            config.suite,
+            task.task_id,
+            camera_size=config.camera_size,
+            max_steps=p.max_steps_for(config.suite),
+            num_steps_wait=p.num_steps_wait,
+            wait_action=p.wait_action,
+            render_images=True,
+            privileged=policy.spec.privileged,
+        )
+        try:
+            recorder = DemoRecorder(base)
+            env = _wrap_for_policy(recorder, policy)
+            demos = []
+            for i in range(p.episodes_per_task):
+                t0 = time.monotonic()
+                demo = rollout(
+                    env,
+                    recorder,
+                    policy,
+                    init_state_index=i % task.num_init_states,
+                    seed=p.seed + i,
+                    policy_seed=policy_seed(p.seed, task.task_id, i),
+                )
+                if progress:
+                    outcome = "success" if demo.success else "failure"
+                    print(
+                        f"{config.suite} task {task.task_id} episode {i}: {outcome} in "
+                        f"{len(demo)} steps ({time.monotonic() - t0:.1f} s)",
+                        flush=True,
+                    )
+                if demo.success or not config.only_success:
+                    demos.append(demo)
+            provenance = {
+                "policy": config.policy,
+                "protocol": json.dumps(p.to_dict(), default=str),
+                "only_success": config.only_success,
+            }
+            path = Path(config.out_dir) / f"{task.name}_demo.hdf5"
+            paths.append(write_demos(path, base, demos, provenance))
+            if progress:
+                kept = sum(d.success for d in demos)
+                print(f"wrote {path} ({len(demos)} demos, {kept} successful)", flush=True)
+        finally:
+            base.close()
+    return paths
+
+
+def record_demos(
+    suite: str,
+    task_ids: Sequence[int],
+    out_dir: str | Path,
+    *,
+    policy: str = "scripted",
+    episodes_per_task: int = 1,
+    camera_size: int = 32,
+    only_success: bool = True,
+    protocol: str = "openvla",
+) -> list[Path]:
+    """Small LIBERO-format demo files for tests and examples (scripted expert, tiny frames).
+
+    E.g. `record_demos("libero_object", [1], tmp_path)` writes one successful ~100-step demo
+    of "pick up the cream cheese and place it in the basket" at 32 px.
+    """
+    config = RecordConfig(
+        suite=suite,
+        policy=policy,
+        out_dir=Path(out_dir),
+        protocol=get_protocol(protocol).with_overrides(episodes_per_task=episodes_per_task),
+        task_ids=tuple(task_ids),
+        camera_size=camera_size,
+        only_success=only_success,
+    )
+    return record(config, progress=False)
+
+
+def replay_demo(path: str | Path, demo: str = "demo_0", suite: str | None = None) -> bool:
+    """Replay a recorded demo's `actions` from its first `states` row in a fresh env.
+
+    Returns whether LIBERO's success check fires. The task is found from the file's
+    `bddl_file_name`; pass `suite` if that file is not one of LIBERO's suites.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        bddl = str(f["data"].attrs["bddl_file_name"])
+        states = np.asarray(f[f"data/{demo}/states"])
+        actions = np.asarray(f[f"data/{demo}/actions"])
+        size = int(f[f"data/{demo}/obs/agentview_rgb"].shape[1])
+    task = _task_for_bddl(bddl, suite)
+    env = LiberoEnv(
+        task.suite,
+        task.task_id,
+        camera_size=size,
+        max_steps=len(actions),
+        num_steps_wait=0,
+        render_images=False,
+    )
+    try:
+        env.reset(seed=0, options={"sim_state": states[0]})
+        for action in actions:
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated:
+                return True
+            if truncated:
+                break
+        return False
+    finally:
+        env.close()
+
+
+def _task_for_bddl(bddl: str, suite: str | None) -> TaskInfo:
+    from evalharness.envs.libero import SUITES
+
+    name = Path(bddl).name
+    for s in [suite] if suite else [Path(bddl).parent.name, *SUITES]:
+        if s not in SUITES:
+            continue
+        for task in list_tasks(s):
+            if Path(task.bddl_file).name == name:
+                return task
+    raise ValueError(
+        f"bddl_file_name {bddl!r} names no task of {suite or 'any LIBERO suite'}; expected a "
+        "file from LIBERO's bddl_files/<suite>/"
+    )
+
+
+__all__ = [
+    "DemoRecorder",
+    "RecordConfig",
+    "record",
+    "record_demos",
+    "replay_demo",
+    "write_demos",
+]
