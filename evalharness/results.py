@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - Windows has no fcntl
 
 __all__ = [
     "EPISODE_COLUMNS",
+    "HARNESS_FAILURE_REASONS",
     "SUMMARY_COLUMNS",
     "TIMING_COLUMNS",
     "EpisodeLog",
@@ -77,6 +78,14 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "ci95_low",
     "ci95_high",
     "mean_steps",
+    "excluded",
+)
+
+#: failure reasons of the simulator or harness, not the policy (see evalharness.faults):
+#: such episodes are left out of `episodes`, the rate and its interval, and counted in
+#: `excluded` instead.
+HARNESS_FAILURE_REASONS: frozenset[str] = frozenset(
+    {"worker_died", "sim_unstable", "episode_timeout"}
 )
 
 _INT_COLUMNS = ("task_id", "episode_index", "init_state_index", "seed", "steps")
@@ -98,6 +107,7 @@ _SUMMARY_DTYPES: dict[str, Any] = {
     "ci95_low": "float64",
     "ci95_high": "float64",
     "mean_steps": "float64",
+    "excluded": "int64",
 }
 
 _TRUE_TEXT = frozenset({"true", "1"})
@@ -398,6 +408,8 @@ def _text(value: object) -> str:
 def _summary_row(
     level: str, suite: str, task_id: int, task_name: str, instruction: str, group: pd.DataFrame
 ) -> dict[str, object]:
+    excluded = int(group["_excluded"].sum())
+    group = group[~group["_excluded"]]
     episodes = len(group)
     successes = int(group["success"].sum())
     low, high = wilson_interval(successes, episodes)
@@ -409,10 +421,11 @@ def _summary_row(
         "instruction": instruction,
         "episodes": episodes,
         "successes": successes,
-        "success_rate": successes / episodes,
+        "success_rate": successes / episodes if episodes else math.nan,
         "ci95_low": low,
         "ci95_high": high,
-        "mean_steps": float(group["steps"].astype("float64").mean()),
+        "mean_steps": float(group["steps"].astype("float64").mean()) if episodes else math.nan,
+        "excluded": excluded,
     }
 
 
@@ -424,7 +437,10 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
     (``task_id == -1``, empty ``task_name`` and ``instruction``). The result depends only on
     the set of episodes, not their order, since parallel workers append in completion order.
     An episode logged twice (same suite, task_id, episode_index) raises ``ValueError`` rather
-    than being counted twice.
+    than being counted twice. Episodes whose ``failure_reason`` is a simulator or harness
+    failure (:data:`HARNESS_FAILURE_REASONS`) are not policy outcomes: they are left out of
+    ``episodes``, ``successes``, the rate, its interval and ``mean_steps`` and counted in
+    ``excluded`` (a group with nothing left has rate and mean steps NaN).
     """
     needed = ("suite", "task_id", "task_name", "instruction", "episode_index", "success", "steps")
     missing = [c for c in needed if c not in episodes.columns]
@@ -438,6 +454,10 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
         raise TypeError(f"success must be bool (or 0/1), got dtype {success.dtype}")
     df = episodes.loc[:, list(needed)].copy()
     df["success"] = success.astype(bool)
+    if "failure_reason" in episodes.columns:
+        df["_excluded"] = episodes["failure_reason"].map(_text).isin(HARNESS_FAILURE_REASONS)
+    else:
+        df["_excluded"] = False
     df["suite"] = df["suite"].map(_text)
     df["task_id"] = df["task_id"].astype("int64")
     key = ["suite", "task_id", "episode_index"]

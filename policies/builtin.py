@@ -69,8 +69,12 @@ class RandomPolicy(Policy):
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
     ) -> np.ndarray:
         shape = (self.spec.action_horizon, self.spec.action_dim)
+        seeds = np.asarray(tasks["episode_seed"], dtype=np.int64).tolist()
+        starts = np.asarray(tasks.get("episode_start", np.zeros(len(seeds), dtype=bool)))
         chunks = []
-        for seed in np.asarray(tasks["episode_seed"], dtype=np.int64).tolist():
+        for seed, start in zip(seeds, starts.tolist(), strict=True):
+            if start:  # an episode (re)starting, e.g. rescheduled after its worker died
+                self._rngs.pop(seed, None)
             rng = self._rngs.setdefault(seed, np.random.default_rng(seed))
             chunks.append(rng.uniform(-1.0, 1.0, size=shape))
         return np.stack(chunks)
