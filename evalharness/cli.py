@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument(
+        "--episode-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="env wall-clock limit per episode, recorded as episode_timeout when exceeded "
+        "(default: 120 + 2 per step)",
+    )
 
 
 def _wait_action(text: str | None) -> tuple[float, ...] | None:
@@ -128,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         exec_horizon=args.exec_horizon,
         temporal_ensemble_weight=args.temporal_ensemble,
         progress=not args.no_progress and sys.stderr.isatty(),
+        episode_timeout=args.episode_timeout,
     )
     config.tasks()  # validates task ids before any process starts
     policy = load_policy(args.policy)
@@ -354,12 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
             "interrupted: finished episodes are in episodes.csv; rerun with --resume",
             file=sys.stderr,
         )
-        return 130
+        # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shell's 128 + signal convention.
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except (RunError, PolicyStringError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
