@@ -182,7 +182,8 @@ def test_policy_string_loads_the_fixture_and_refuses_unmapped_observations() -> 
     path = FIXTURE / "model.pth"
     with pytest.raises(ValueError, match=r"joint_states.*missing_obs=zeros"):
         load_policy(f"diffusion:{path}")
-    policy = load_policy(f"diffusion:{path}?missing_obs=zeros&device=cpu")
+    with pytest.warns(UserWarning, match=r"feeding zeros for \['joint_states'\]"):
+        policy = load_policy(f"diffusion:{path}?missing_obs=zeros&device=cpu")
     assert policy.spec.window_size == 2 and policy.spec.action_horizon == 8
     assert policy.spec.exec_horizon == 8 and policy.spec.action_dim == 7
     # LIBERO's standard observation at the render size: images are resized to 84x84 inside.
