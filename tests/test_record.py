@@ -1,0 +1,142 @@
+"""`evalharness record`: LIBERO-format demo files that LIBERO's checks accept and that replay.
+
+One short scripted demo (libero_object task 1, cream cheese into the basket, ~100 steps) at
+32 px is recorded once per module and shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalharness.cli import build_parser
+from evalharness.protocols import get_protocol
+
+SUITE, TASK, SIZE = "libero_object", 1, 32
+
+
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory) -> Path:
+    from evalharness.record import record_demos
+
+    out = tmp_path_factory.mktemp("demos")
+    (path,) = record_demos(SUITE, [TASK], out, episodes_per_task=1, camera_size=SIZE)
+    return path
+
+
+def test_record_is_a_cli_command_with_the_issue_arguments():
+    args = build_parser().parse_args(
+        ["record", "--policy", "scripted", "--suite", "libero_spatial", "--out", "d"]
+    )
+    assert (args.command, args.policy, args.suite, args.out) == (
+        "record",
+        "scripted",
+        "libero_spatial",
+        "d",
+    )
+    assert args.camera_size == 128 and args.only_success is False
+
+
+@pytest.mark.sim
+def test_the_file_is_named_after_the_task_like_libero_datasets(demo_file):
+    from evalharness.envs.libero import get_task
+
+    assert demo_file.name == f"{get_task(SUITE, TASK).name}_demo.hdf5"
+
+
+@pytest.mark.sim
+def test_recorded_file_passes_libero_integrity_checks(demo_file):
+    """The checks of LIBERO's scripts/check_dataset_integrity.py and the layout that
+    scripts/create_dataset.py writes: keys, shapes, dtypes and attributes."""
+    import h5py
+
+    from evalharness.envs.libero import get_task, init_states
+
+    task = get_task(SUITE, TASK)
+    state_dim = init_states(SUITE, TASK).shape[1]
+    with h5py.File(demo_file, "r") as f:
+        data = f["data"]
+        attrs = data.attrs
+        assert attrs["tag"] == "libero-v1"
+        problem_info = json.loads(attrs["problem_info"])
+        assert set(problem_info) == {"domain_name", "problem_name", "language_instruction"}
+        assert problem_info["language_instruction"] == task.instruction
+        env_args = json.loads(attrs["env_args"])
+        assert env_args["type"] == 1
+        assert {"env_name", "problem_name", "bddl_file", "env_kwargs"} <= set(env_args)
+        assert env_args["problem_name"] == problem_info["problem_name"]
+        assert attrs["bddl_file_name"] == task.bddl_file
+        assert attrs["bddl_file_content"] == Path(task.bddl_file).read_text()
+        assert attrs["macros_image_convention"] == "opengl"
+        assert isinstance(attrs["env_name"], str)
+
+        demos = [k for k in data if k.startswith("demo")]
+        assert demos == ["demo_0"] and attrs["num_demos"] == 1
+        demo = data["demo_0"]
+        n = int(demo.attrs["num_samples"])
+        assert attrs["total"] == n and n > 10
+        expected = {
+            "actions": ((n, 7), np.float64),
+            "states": ((n, state_dim), np.float64),
+            "robot_states": ((n, 9), np.float64),
+            "rewards": ((n,), np.uint8),
+            "dones": ((n,), np.uint8),
+            "obs/agentview_rgb": ((n, SIZE, SIZE, 3), np.uint8),
+            "obs/eye_in_hand_rgb": ((n, SIZE, SIZE, 3), np.uint8),
+            "obs/gripper_states": ((n, 2), np.float64),
+            "obs/joint_states": ((n, 7), np.float64),
+            "obs/ee_states": ((n, 6), np.float64),
+            "obs/ee_pos": ((n, 3), np.float64),
+            "obs/ee_ori": ((n, 3), np.float64),
+        }
+        for key, (shape, dtype) in expected.items():
+            assert demo[key].shape == shape, key
+            assert demo[key].dtype == dtype, key
+        assert np.all(np.abs(demo["actions"][()]) <= 1.0)
+        assert demo["dones"][-1] == 1 and not demo["dones"][:-1].any()
+        assert demo["rewards"][-1] == 1 and not demo["rewards"][:-1].any()
+        assert np.array_equal(demo.attrs["init_state"], demo["states"][0])
+        assert "<mujoco" in demo.attrs["model_file"]
+        ee = demo["obs/ee_states"][()]
+        assert np.array_equal(ee[:, :3], demo["obs/ee_pos"][()])
+        assert np.array_equal(demo["robot_states"][:, 2:5], ee[:, :3])
+
+
+@pytest.mark.sim
+def test_frames_are_in_libero_raw_orientation_and_rows_precede_their_actions(demo_file):
+    """Row 0 is the observation after the protocol's warm-up, stored upside down as in
+    LIBERO's HDF5 files: rotating it 180° gives the harness' upright `image_primary`."""
+    import h5py
+
+    from evalharness.envs.libero import LiberoEnv, upright
+
+    protocol = get_protocol("openvla")
+    env = LiberoEnv(
+        SUITE,
+        TASK,
+        camera_size=SIZE,
+        max_steps=5,
+        num_steps_wait=protocol.num_steps_wait,
+        wait_action=protocol.wait_action,
+    )
+    try:
+        obs, _ = env.reset(seed=protocol.seed, options={"init_state_index": 0})
+        state = env.get_sim_state()
+    finally:
+        env.close()
+    with h5py.File(demo_file, "r") as f:
+        demo = f["data/demo_0"]
+        assert demo.attrs["init_state_index"] == 0
+        np.testing.assert_array_equal(demo["obs/agentview_rgb"][0], upright(obs["image_primary"]))
+        np.testing.assert_array_equal(demo["obs/eye_in_hand_rgb"][0], upright(obs["image_wrist"]))
+        np.testing.assert_allclose(demo["states"][0], state, atol=1e-9)
+
+
+@pytest.mark.sim
+def test_replaying_a_successful_demo_from_its_first_state_succeeds(demo_file):
+    from evalharness.record import replay_demo
+
+    assert replay_demo(demo_file) is True
