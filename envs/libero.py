@@ -314,9 +314,12 @@ class LiberoEnv(gym.Env):
 
         robosuite_env = self._env.env
         observables = getattr(robosuite_env, "_observables", {})
-        cameras = [observables.get(f"{camera}_image") for camera in CAMERAS.values()]
+        names = [f"{camera}_image" for camera in CAMERAS.values()]
+        if not all(name in observables for name in names):
+            return []
+        cameras = [observables[name] for name in names]
         needed = ("_sensor", "_time_since_last_sample", "_sampled", "_sampling_timestep")
-        if any(c is None or not all(hasattr(c, a) for a in needed) for c in cameras):
+        if not all(hasattr(c, a) for c in cameras for a in needed):
             return []  # an unknown robosuite: render every step
         if any(c._delayer is not NO_DELAY for c in cameras):
             return []
@@ -361,7 +364,7 @@ class LiberoEnv(gym.Env):
         if not self._cameras or read_now:
             self._render_now = True
             return
-        substeps = int(round(self._env.env.control_timestep / self._env.env.model_timestep))
+        substeps = round(self._env.env.control_timestep / self._env.env.model_timestep)
         this = (1, True) if forced else (substeps, False)
         self._render_now = read_next and not self._samples([this, (substeps, False)])[1]
 

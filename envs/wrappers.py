@@ -180,8 +180,9 @@ class ResizeImage(gym.ObservationWrapper[dict[str, Any], Any, dict[str, Any]]):
         """Return a new dict with the configured images resized; other values are shared."""
         out = dict(observation)
         for key, (h, w) in self.sizes.items():
-            image = observation[key]
-            if image.shape[-3:-1] == (h, w):
+            # An env that skipped a step's renders (LiberoEnv.set_render_schedule) omits it.
+            image = observation.get(key)
+            if image is None or image.shape[-3:-1] == (h, w):
                 continue
             if image.dtype != np.uint8:
                 raise ValueError(f"ResizeImage: {key!r} must be uint8, got {image.dtype}")
@@ -195,7 +196,9 @@ class History(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
     Every array observation (Box, MultiBinary, MultiDiscrete space) becomes ``(window, ...)``
     with the newest observation last; other values (the ``language_instruction`` string) are
     passed through from the newest observation, unstacked. A ``timestep_pad_mask`` of shape
-    ``(window,)`` and dtype bool marks real observations True and padding False.
+    ``(window,)`` and dtype bool marks real observations True and padding False. A key missing
+    from an observation (a step whose renders the env skipped) is missing from every window
+    that holds that observation.
 
     On reset the window is filled by repeating the first observation, as Octo's
     HistoryWrapper does: with ``window=3`` the mask is ``[False, False, True]`` after reset,
@@ -257,13 +260,17 @@ class History(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
     def _push(self, obs: dict[str, Any]) -> None:
         # Copies, because some simulators refill the same observation buffers every step,
         # which would silently overwrite the older frames held here.
-        self._frames.append({k: np.array(obs[k], copy=True) for k in self._stacked})
+        self._frames.append({k: np.array(obs[k], copy=True) for k in self._stacked if k in obs})
         self._latest = obs
         self._num_obs += 1
 
     def _stacked_obs(self) -> dict[str, Any]:
         out = dict(self._latest)
         for key in self._stacked:
+            if any(key not in frame for frame in self._frames):
+                # A step whose renders were skipped: nothing will read this window's images.
+                out.pop(key, None)
+                continue
             out[key] = np.stack([frame[key] for frame in self._frames])
         real = min(self._num_obs, self.window)
         out[PAD_MASK_KEY] = np.arange(self.window) >= self.window - real

@@ -93,6 +93,24 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="env wall-clock limit per episode, recorded as episode_timeout when exceeded "
         "(default: 120 + 2 per step)",
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes (default) or Ray actors, --num-envs of them",
+    )
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: start Ray locally)"
+    )
+    p.add_argument(
+        "--ray-envs-per-worker", type=int, default=1, help="envs per Ray actor (one policy each)"
+    )
+    p.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs each Ray actor reserves, e.g. 0.25 packs four on a GPU (default 0)",
+    )
 
 
 def _wait_action(text: str | None) -> tuple[float, ...] | None:
@@ -141,7 +159,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     config.tasks()  # validates task ids before any process starts
     policy = load_policy(args.policy)
-    Runner(config, policy).run()
+    if args.executor == "ray":
+        from evalharness.ray_executor import RayRunner
+
+        RayRunner(
+            config,
+            policy,
+            address=args.ray_address,
+            envs_per_worker=args.ray_envs_per_worker,
+            gpus_per_worker=args.ray_gpus_per_worker,
+        ).run()
+    else:
+        Runner(config, policy).run()
     return 0
 
 

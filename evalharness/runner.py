@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evalharness import __version__, faults
+from evalharness import __version__, faults, render_check
+from evalharness.batching import pad_batch, padded_size
 from evalharness.envs.libero import TaskInfo, get_task, list_tasks
 from evalharness.identity import (
     checkpoint_digest,
@@ -237,7 +238,7 @@ class WorkerPool:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
             target=worker_main,
-            args=(child, self.config, self.render_threads),
+            args=(child, self.config, self.render_threads, render_check.egl_device_for(slot)),
             name=f"evalharness-env-{slot}",
             daemon=True,
         )
@@ -461,6 +462,11 @@ class Runner:
             )
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
+        if self.env_config.render_images or self.config.video_episodes:
+            render_backend = render_check.probe(self.config.protocol.camera_size)
+            print(render_check.describe(render_backend), file=sys.stderr)
+        else:
+            render_backend = {"skipped": "the policy reads no camera images"}
 
         log = EpisodeLog(self.out / EPISODES_CSV)
         done = read_episodes(self.out / EPISODES_CSV)
@@ -496,6 +502,7 @@ class Runner:
             "identity": identity,
             "identity_hash": identity_hash(identity),
             "episode_timeout_s": self.episode_timeout,
+            "render_backend": render_backend,
             "faults_injected": injected or None,
         }
         self._write_run_json("running")
@@ -635,17 +642,20 @@ class Runner:
     def _act(self, obs: dict[str, np.ndarray], tasks: dict[str, Any], batch: int) -> np.ndarray:
         """One batched `act()`, validated; any failure stops the run naming the policy."""
         spec = self.policy.spec
-        expected = (batch, spec.action_horizon, spec.action_dim)
+        # Padded to a fixed size (extra rows dropped below): no recompilation as envs finish.
+        size = padded_size(batch) if self.policy.pad_batch else batch
+        obs, tasks = pad_batch(obs, tasks, batch, size)
+        expected = (size, spec.action_horizon, spec.action_dim)
         try:
             raw = self.policy.act(obs, tasks)
         except Exception as exc:
             raise PolicyError(
                 f"policy {spec.name!r} ({self.config.policy}) raised {type(exc).__name__}: {exc} "
-                f"on a batch of {batch} observations; it must return actions of shape "
+                f"on a batch of {size} observations; it must return actions of shape "
                 f"{expected} (batch, action_horizon, action_dim)"
             ) from exc
         try:
-            return check_actions(self.policy, raw, batch)
+            return check_actions(self.policy, raw, size)[:batch]
         except PolicyOutputError as exc:
             received: object = type(raw).__name__
             if isinstance(raw, np.ndarray | list | tuple):

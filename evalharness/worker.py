@@ -29,6 +29,9 @@ from evalharness.faults import (
     instability_counts,
 )
 
+#: set to 1 to render every step (benchmarks of render skipping).
+RENDER_EVERY_STEP_ENV = "EVALHARNESS_RENDER_EVERY_STEP"
+
 
 @dataclass(frozen=True)
 class EnvConfig:
@@ -109,8 +112,14 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 class EpisodeEnv:
     """The wrapped env of one worker: LiberoEnv -> frames -> resize -> history -> chunking."""
 
-    def __init__(self, config: EnvConfig) -> None:
+    def __init__(self, config: EnvConfig, skip_renders: bool | None = None) -> None:
         self.config = config
+        #: render only the steps a policy query reads (`LiberoEnv.set_render_schedule`); the
+        #: policy sees the same frames either way, so this is not part of a run's identity.
+        #: EVALHARNESS_RENDER_EVERY_STEP=1 turns it off (benchmarks measure the difference).
+        if skip_renders is None:
+            skip_renders = os.environ.get(RENDER_EVERY_STEP_ENV) != "1"
+        self.skip_renders = skip_renders
         self.task_id: int | None = None
         self.env: gym.Env | None = None
         self.recorder: FrameRecorder | None = None
@@ -158,6 +167,11 @@ class EpisodeEnv:
         assert self.env is not None and self.recorder is not None
         self.recorder.enabled = episode.record_video and self.config.video_dir is not None
         self.base.render_images = self.config.render_images or self.recorder.enabled
+        c = self.config
+        if self.skip_renders and not self.recorder.enabled and c.temporal_ensemble_weight is None:
+            self.base.set_render_schedule(c.exec_horizon, c.window_size)
+        else:  # a video keeps every frame; temporal ensembling queries on every step
+            self.base.set_render_schedule(1, 1)
         self.episode = episode
         self.control_steps = 0
         try:
@@ -207,15 +221,23 @@ class EpisodeEnv:
         self.task_id = None
 
 
-def worker_main(conn: Connection, config: EnvConfig, render_threads: int | None = None) -> None:
+def worker_main(
+    conn: Connection,
+    config: EnvConfig,
+    render_threads: int | None = None,
+    egl_device: int | None = None,
+) -> None:
     """Serve reset/step/close requests until told to stop or the pipe closes.
 
     `render_threads` caps Mesa llvmpipe's rasterizer threads (LP_NUM_THREADS): by default each
     software-rendering process starts one thread per core, and N workers on N cores then
     fight over the cores instead of rendering side by side. A user's own setting wins.
+    `egl_device` is the EGL device (GPU) this worker renders on (`MUJOCO_EGL_DEVICE_ID`).
     """
     if render_threads is not None:
         os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
+    if egl_device is not None:
+        os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", str(egl_device))
     # Ctrl-C goes to the whole process group; only the runner decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     env = EpisodeEnv(config)

@@ -80,6 +80,9 @@ class Policy(abc.ABC):
     spec: PolicySpec
     #: What was loaded, recorded in episodes.csv and run.json ("" for built-ins).
     checkpoint: str = ""
+    #: The runner pads each batch to a fixed size (evalharness.batching) so a jitted or
+    #: compiled model sees few shapes; a policy that compiles nothing may opt out.
+    pad_batch: bool = True
 
     def reset(self, batch_size: int) -> None:  # noqa: B027 - stateless policies need nothing
         """Forget any internal state before a new set of episodes."""
