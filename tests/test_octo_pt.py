@@ -33,8 +33,8 @@ from evalharness.policies.octo_pt.checkpoint import (  # noqa: E402
     load_octo_pt,
     save_torch_checkpoint,
 )
-from evalharness.policies.octo_pt.model import GroupLayout, attention_rule_mask  # noqa: E402
 from evalharness.policies.octo_pt.t5 import T5Encoder  # noqa: E402
+from evalharness.policies.octo_pt.transformer import GroupLayout, attention_rule_mask  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 OCTO = FIXTURES / "octo_tiny_lang"

@@ -60,7 +60,8 @@ from evalharness.policies.octo_pt.jax_weights import (
     matches,
     to_jax_shape,
 )
-from evalharness.policies.octo_pt.model import LanguageTokenizer, OctoModel, build_octo_model
+from evalharness.policies.octo_pt.model import OctoModel, build_octo_model
+from evalharness.policies.octo_pt.tokenizers import LanguageTokenizer
 
 __all__ = [
     "FORMAT_VERSION",

@@ -45,21 +45,25 @@ from evalharness.policies.common.compat import (
     mark_partial,
     overlap_copy,
 )
-from evalharness.policies.octo_pt.model import (
+from evalharness.policies.octo_pt.heads import (
     ContinuousActionHead,
     DiffusionActionHead,
-    EncoderBlock,
+    MLPResNetBlock,
+)
+from evalharness.policies.octo_pt.model import OctoModel
+from evalharness.policies.octo_pt.t5 import T5Encoder
+from evalharness.policies.octo_pt.tokenizers import (
     ImageTokenizer,
     LanguageTokenizer,
-    MAPHead,
-    MlpBlock,
-    MLPResNetBlock,
-    MultiHeadAttention,
-    OctoModel,
     PatchEncoder,
     SmallStem,
 )
-from evalharness.policies.octo_pt.t5 import T5Encoder
+from evalharness.policies.octo_pt.transformer import (
+    EncoderBlock,
+    MAPHead,
+    MlpBlock,
+    MultiHeadAttention,
+)
 
 Shape = tuple[int, ...]
 Explainer = Callable[[str, "Shape | None", "Shape | None"], "str | None"]

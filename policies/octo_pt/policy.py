@@ -59,7 +59,7 @@ from evalharness.policies.octo.inputs import (
 )
 from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
 from evalharness.policies.octo_pt.checkpoint import LoadedOcto, load_octo_pt
-from evalharness.policies.octo_pt.model import ContinuousActionHead, DiffusionActionHead
+from evalharness.policies.octo_pt.heads import ContinuousActionHead, DiffusionActionHead
 
 __all__ = ["OctoPtPolicy", "make_octo_pt_policy", "to_torch"]
 
