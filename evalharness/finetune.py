@@ -63,6 +63,7 @@ import csv
 import dataclasses
 import importlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -448,3 +449,24 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
     say(f"finetuned {step} steps → {out} (evaluate with --policy {trainer.policy_string(out)})")
     return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)
+
+
+def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:
+    """Copy ``train_log.csv`` into ``run_dir`` and record the finetune in its ``run.json``
+    (``finetune.checkpoint``, ``finetune.train_log``), where dashboards look for it
+    (``evalharness.compare.find_train_log``). A copy, not a link: a copied run keeps it."""
+    from evalharness.results import atomic_write_json
+
+    run_dir = Path(run_dir)
+    shutil.copyfile(result.train_log, run_dir / TRAIN_LOG)
+    run_json = run_dir / "run.json"
+    info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    info["finetune"] = {
+        "checkpoint": str(Path(result.out_dir).resolve()),
+        "policy": result.policy,
+        "step": result.step,
+        "train_log": TRAIN_LOG,
+        "source_train_log": str(Path(result.train_log).resolve()),
+        "final_loss": result.losses[-1] if result.losses else None,
+    }
+    atomic_write_json(run_json, info)

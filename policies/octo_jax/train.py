@@ -42,6 +42,7 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
@@ -97,6 +98,7 @@ __all__ = [
     "FROZEN_KEYS",
     "MODES",
     "OctoJaxTrainer",
+    "OptimizerConfig",
     "from_pretrained",
     "frozen_mask",
     "make_optimizer",
@@ -142,25 +144,33 @@ def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
     )
 
 
-def make_optimizer(
-    params: Any,
-    frozen_patterns: Sequence[str],
-    learning_rate: optax.Schedule,
-    weight_decay: float,
-    clip_gradient: float,
-) -> optax.GradientTransformation:
-    """Upstream ``create_optimizer`` + ``freeze_weights`` (mu kept in float32, not bfloat16).
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The static part of the optimizer (the learning rate is fed per step)."""
 
-    Weight decay applies only to leaves whose path contains "kernel"; frozen leaves get
+    frozen_patterns: tuple[str, ...]
+    weight_decay: float = 0.01
+    clip_gradient: float = 1.0
+
+
+def make_optimizer(params: Any, config: OptimizerConfig) -> optax.GradientTransformation:
+    """Upstream ``create_optimizer`` + ``freeze_weights``, without the learning-rate factor.
+
+    ``clip_by_global_norm → scale_by_adam → add_decayed_weights`` is ``optax.adamw`` minus its
+    final ``scale_by_learning_rate``; the train step multiplies by ``-learning_rate`` itself,
+    so one compiled step serves every schedule (mu is kept in float32, not bfloat16). Weight
+    decay applies only to leaves whose path contains "kernel"; frozen leaves get
     ``set_to_zero`` so they stay bit-identical.
     """
     decay = jax.tree_util.tree_map_with_path(lambda path, _: "kernel" in _dotted(path), params)
     trainable = optax.chain(
-        optax.clip_by_global_norm(clip_gradient),
-        optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay),
+        optax.clip_by_global_norm(config.clip_gradient),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(config.weight_decay, mask=decay),
     )
     labels = jax.tree.map(
-        lambda frozen: "frozen" if frozen else "trainable", frozen_mask(params, frozen_patterns)
+        lambda frozen: "frozen" if frozen else "trainable",
+        frozen_mask(params, config.frozen_patterns),
     )
     return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)
 
@@ -232,14 +242,18 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
+@partial(jax.jit, static_argnums=(0, 1))
 def _train_step(
     module: OctoModule,
-    tx: optax.GradientTransformation,
-    frozen: Any,
-    schedule: optax.Schedule,
+    optimizer: OptimizerConfig,
     state: TrainState,
     batch: Mapping[str, Any],
+    learning_rate: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    # Module-level and keyed on hashable configs: trainers for the same model share one
+    # compiled step (tests, --resume, benchmarks) instead of recompiling.
+    tx = make_optimizer(state.params, optimizer)
+    frozen = frozen_mask(state.params, optimizer.frozen_patterns)
     rng, key = jax.random.split(state.rng)
 
     def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -249,9 +263,20 @@ def _train_step(
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: -learning_rate * u, updates)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=learning_rate)
     return TrainState(params, opt_state, rng, state.step + 1), metrics
+
+
+@partial(jax.jit, static_argnums=0)
+def _eval_loss(module: OctoModule, params: Any, batch: Mapping[str, Any], rng: jax.Array) -> Any:
+    return octo_loss(module, params, batch, rng, train=False)[0]
+
+
+@partial(jax.jit, static_argnums=0)
+def _encode_text(t5: Any, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    return T5Encoder(t5).apply({"params": params}, ids, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,23 +421,16 @@ class OctoJaxTrainer:
         )
         params = jax.tree.map(jnp.asarray, params)
         self.frozen = frozen_mask(params, frozen_patterns)
-        self.tx = make_optimizer(
-            params, frozen_patterns, self.schedule, options.weight_decay, options.clip_gradient
+        self.optimizer = OptimizerConfig(
+            tuple(frozen_patterns), float(options.weight_decay), float(options.clip_gradient)
         )
         self.state = TrainState(
             params,
-            self.tx.init(params),
+            make_optimizer(params, self.optimizer).init(params),
             jax.random.PRNGKey(options.seed),
             jnp.asarray(0, dtype=jnp.int32),
         )
-        self._step = jax.jit(partial(_train_step, self.module, self.tx, self.frozen, self.schedule))
         self._language: dict[str, np.ndarray] = {}
-        t5 = pretrained.t5
-        self._encode = (
-            jax.jit(lambda p, ids, mask: T5Encoder(t5).apply({"params": p}, ids, mask))
-            if t5 is not None
-            else None
-        )
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -427,16 +445,14 @@ class OctoJaxTrainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One optimizer step on a data-layer batch; returns loss, grad_norm, learning_rate."""
         prepared = self.prepare_batch(batch)
-        self.state, metrics = self._step(self.state, prepared)
+        lr = jnp.asarray(self.schedule(int(self.state.step)), jnp.float32)
+        self.state, metrics = _train_step(self.module, self.optimizer, self.state, prepared, lr)
         return {k: float(v) for k, v in metrics.items()}
 
     def eval_loss(self, batch: Mapping[str, Any], seed: int = 0) -> float:
         """The loss on ``batch`` with the current parameters, without updating them."""
         prepared = self.prepare_batch(batch)
-        loss, _ = jax.jit(partial(octo_loss, self.module, train=False))(
-            self.state.params, prepared, jax.random.PRNGKey(seed)
-        )
-        return float(loss)
+        return float(_eval_loss(self.module, self.state.params, prepared, jax.random.PRNGKey(seed)))
 
     def save(self, directory: str | Path, step: int) -> Path:
         """Write ``directory/<step>/default/checkpoint`` + config, example batch, statistics,
@@ -464,11 +480,13 @@ class OctoJaxTrainer:
         """(B, tokens, d) T5 embeddings; each distinct instruction is encoded once."""
         new = [s for s in dict.fromkeys(instructions) if s not in self._language]
         if new:
-            if self.tokenizer is None or self._encode is None:
+            if self.tokenizer is None or self.pretrained.t5 is None:
                 raise ValueError("the model has no language encoder but the data has instructions")
             ids = self.tokenizer.encode(new)
             t5 = self.state.params["octo_transformer"]["task_tokenizers_language"]["hf_model"]
-            out = np.asarray(self._encode(t5, ids["input_ids"], ids["attention_mask"]))
+            out = np.asarray(
+                _encode_text(self.pretrained.t5, t5, ids["input_ids"], ids["attention_mask"])
+            )
             self._language.update(zip(new, out, strict=True))
         return np.stack([self._language[s] for s in instructions])
 
@@ -724,3 +742,28 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrain
         normalization,
         changes,
     )
+
+
+def checkpoint_report(path: str | Path, step: int | None = None) -> tuple[Any, CompatibilityReport]:
+    """The loader's non-strict comparison of a checkpoint's weights with the model its own
+    ``config.json`` builds, without initializing anything: ``(OctoCheckpoint, report)``.
+
+    For ``evalharness doctor``: on a config whose action_horizon was edited the report explains
+    ``444 = 32 + 384 + 7 × 4``.
+    """
+    from evalharness.policies.octo.checkpoint import load_checkpoint
+    from evalharness.policies.octo_jax.loader import _t5_config
+
+    ckpt = load_checkpoint(path, step)
+    config = OctoConfig.from_checkpoint_config(ckpt.config, source=str(ckpt.directory))
+    inputs = OctoInputSpec.from_example_batch(ckpt.example_batch, config.window_size)
+    module = build_module(config, _t5_config(ckpt, config, None))
+    shapes = param_shapes(module, ckpt.example_batch)
+    report = compare_shapes(
+        ckpt.flat_params,
+        shapes,
+        explain=octo_explainer(config.model, inputs),
+        source=ckpt.name,
+        target="octo_jax model from config.json",
+    )
+    return ckpt, report

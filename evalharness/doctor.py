@@ -1,0 +1,440 @@
+"""``evalharness doctor``: what does not fit between a checkpoint, a dataset and the env.
+
+    evalharness doctor --policy octo_jax:ckpts/octo-small --data demos/ --suite libero_spatial
+
+Without training or rolling out, each check reads what the three sides declare and reports a
+:class:`Finding` (``ok`` / ``info`` / ``warning`` / ``error``) with the fix:
+
+- checkpoint vs its own config: the family loader's non-strict compatibility report (an edited
+  ``action_horizon`` shows ``444 = 32 + 384 + 7 × 4 … → action_horizon changed 4 → 2``);
+- statistics: ``dataset_statistics.json`` present, one entry or which ``?stats=`` to pass,
+  action dims against the head;
+- dataset (``--data``): cameras, image sizes, proprio, action dim, language, the gripper
+  convention of the stored actions and the model's;
+- environment (``--suite``): cameras, camera size, proprio width, 7-dim actions, and the image
+  transform recorded with a finetuned checkpoint (``dataset_spec.json``).
+
+Octo checkpoints (``octo_jax``, ``octo_pt``: one format) are read with the framework-free
+``policies.octo`` code plus, for the weight check, ``octo_jax``'s model shapes when JAX is
+installed. Other families get the checks their ``PolicySpec`` allows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Finding", "doctor", "format_findings"]
+
+SEVERITIES = ("ok", "info", "warning", "error")
+OCTO_FAMILIES = ("octo_jax", "octo_pt")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome: what was compared, what was found, how to fix it."""
+
+    severity: str
+    topic: str
+    message: str
+    fix: str = ""
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Findings as readable lines, then a one-line verdict."""
+    marks = {"ok": "ok  ", "info": "info", "warning": "WARN", "error": "FAIL"}
+    lines = []
+    for f in findings:
+        head = f"[{marks[f.severity]}] {f.topic}: "
+        body = f.message.replace("\n", "\n" + " " * len(head))
+        lines.append(head + body)
+        if f.fix:
+            lines.append(" " * len(head) + f"fix: {f.fix}")
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    lines.append(
+        f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)"
+    )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Model:
+    """What the checkpoint's model takes and produces, family-neutrally."""
+
+    image_sizes: dict[str, tuple[int, int]]
+    lowdim: dict[str, int]
+    window_size: int
+    action_horizon: int
+    action_dim: int
+    needs_language: bool
+    statistics: dict[str, Any]
+    directory: Path | None
+    gripper: str = "octo"
+
+
+def _octo_model(path: str, options: dict[str, str], findings: list[Finding]) -> _Model:
+    from evalharness.policies.common.normalization import statistics_keys
+    from evalharness.policies.octo.checkpoint import load_checkpoint, parse_step
+    from evalharness.policies.octo.config import OctoConfig
+    from evalharness.policies.octo.inputs import OctoInputSpec
+
+    step = parse_step(options.get("step"))
+    ckpt = load_checkpoint(path, step)
+    config = OctoConfig.from_checkpoint_config(ckpt.config, source=str(ckpt.directory))
+    inputs = OctoInputSpec.from_example_batch(ckpt.example_batch, config.window_size)
+    head = config.model.action_head
+    try:
+        from evalharness.policies.octo_jax.train import checkpoint_report
+    except ImportError:
+        findings.append(
+            Finding("info", "weights", "JAX is not installed: weight shapes were not compared")
+        )
+    else:
+        _, report = checkpoint_report(path, step)
+        if report.compatible:
+            findings.append(
+                Finding("ok", "weights", f"all {len(report.loaded)} leaves fit config.json")
+            )
+        else:
+            explained = " ".join(report.explanations)
+            fix = "restore config.json to what the weights were trained with"
+            if "action_horizon changed" in explained or "action_dim changed" in explained:
+                fix = (
+                    "undo the head edit in config.json, or keep it and finetune: `evalharness "
+                    "finetune --policy FAMILY:CKPT?action_horizon=N` builds a fresh head "
+                    "(strict=false loads it now with that head freshly initialized)"
+                )
+            findings.append(Finding("error", "weights", report.format(), fix))
+    stats = ckpt.dataset_statistics
+    keys = statistics_keys(stats) if stats else []
+    if not stats:
+        findings.append(
+            Finding(
+                "warning",
+                "statistics",
+                f"{ckpt.directory / 'dataset_statistics.json'} is missing: actions come out "
+                "normalized",
+                "copy the training data's dataset_statistics.json beside config.json",
+            )
+        )
+    elif len(keys) > 1 and "stats" not in options:
+        findings.append(
+            Finding(
+                "warning",
+                "statistics",
+                f"dataset_statistics.json holds {len(keys)} datasets: {', '.join(keys)}",
+                f"pick one with ?stats=KEY on --policy, e.g. ?stats={keys[0]}",
+            )
+        )
+    else:
+        findings.append(Finding("ok", "statistics", f"dataset_statistics.json: {keys or 'one'}"))
+    return _Model(
+        image_sizes=dict(inputs.obs_images),
+        lowdim=dict(inputs.lowdim),
+        window_size=inputs.window_size,
+        action_horizon=head.action_horizon,
+        action_dim=head.action_dim,
+        needs_language=config.model.language_tokenizer is not None,
+        statistics=stats,
+        directory=ckpt.directory,
+        gripper=options.get("gripper", "octo"),
+    )
+
+
+def _statistics_dim(stats: dict[str, Any], key: str | None) -> int | None:
+    from evalharness.policies.common.normalization import select_statistics
+
+    try:
+        return select_statistics(stats, key).action.dim
+    except Exception:
+        return None
+
+
+def _spec_model(policy: str) -> _Model:
+    from evalharness.policies import load_policy
+
+    spec = load_policy(policy).spec
+    return _Model(
+        image_sizes=dict(spec.image_sizes),
+        lowdim={},
+        window_size=spec.window_size,
+        action_horizon=spec.action_horizon,
+        action_dim=spec.action_dim,
+        needs_language=spec.needs_language,
+        statistics={},
+        directory=None,
+    )
+
+
+def _check_data(
+    model: _Model, data: str, spec_name: str, findings: list[Finding], stats_key: str | None
+) -> None:
+    from evalharness.data import DatasetError, open_dataset
+    from evalharness.policies.common.normalization import Gripper
+
+    try:
+        dataset = open_dataset(data, spec_name)
+        episodes = dataset.load()
+        statistics = dataset.statistics()
+    except DatasetError as exc:
+        findings.append(
+            Finding("error", "dataset", str(exc), "fix the file or the --dataset-spec key map")
+        )
+        return
+    spec = dataset.spec
+    first = episodes[0]
+    findings.append(
+        Finding(
+            "ok",
+            "dataset",
+            f"{len(episodes)} episodes, {statistics['num_transitions']} transitions ({spec.name})",
+        )
+    )
+    for key, size in model.image_sizes.items():
+        if key not in first:
+            findings.append(
+                Finding(
+                    "warning",
+                    "observation keys",
+                    f"the model reads {key} but the data has only "
+                    f"{[k for k in first if k.startswith('image_')]}",
+                    f"map a camera to {key} in the spec's image_keys, or finetune: the {key} "
+                    "tokenizer is dropped for this data",
+                )
+            )
+            continue
+        stored = tuple(np.shape(first[key])[1:3])
+        if stored != size:
+            findings.append(
+                Finding(
+                    "info",
+                    "image sizes",
+                    f"{key}: data {stored[0]}×{stored[1]}, model {size[0]}×{size[1]}",
+                    "none needed: the trainer resizes (lanczos3); or set image_sizes in the spec",
+                )
+            )
+        else:
+            findings.append(Finding("ok", "image sizes", f"{key}: {size[0]}×{size[1]}"))
+    extra = [k for k in first if k.startswith("image_") and k not in model.image_sizes]
+    if extra:
+        findings.append(
+            Finding("info", "observation keys", f"the model does not read the data's {extra}")
+        )
+    for key, dim in model.lowdim.items():
+        have = np.shape(first[key])[-1] if key in first else None
+        if have != dim:
+            findings.append(
+                Finding(
+                    "error",
+                    "observation keys",
+                    f"the model tokenizes {key} with {dim} dims; the data has "
+                    f"{'none' if have is None else have}",
+                    "set proprio_keys in the dataset spec to give it that width",
+                )
+            )
+    data_dim = len(statistics["action"]["mean"])
+    if data_dim != model.action_dim:
+        fix = (
+            f"finetuning builds a fresh {data_dim}-dim action head (the report names it)"
+            if data_dim > model.action_dim
+            else f"finetuning pads actions to {model.action_dim} dims (action_pad_mask False)"
+        )
+        findings.append(
+            Finding(
+                "warning",
+                "action dim",
+                f"data {data_dim}, checkpoint head {model.action_dim}",
+                fix,
+            )
+        )
+    else:
+        findings.append(Finding("ok", "action dim", f"{data_dim}"))
+    findings.append(
+        Finding(
+            "info",
+            "window / horizon",
+            f"model window {model.window_size}, action horizon {model.action_horizon}; "
+            "finetuning cuts data windows to match",
+            "change them with ?window_size=N / ?action_horizon=N on --policy (fresh weights "
+            "where shapes change)",
+        )
+    )
+    if model.needs_language and not str(first.get("language_instruction", "")).strip():
+        findings.append(
+            Finding(
+                "error",
+                "language",
+                "the model is language-conditioned but the data's instruction is empty",
+                "set language_key in the spec (RLDS) or problem_info (HDF5)",
+            )
+        )
+    gripper = np.asarray(first["action"])[:, -1]
+    model_gripper = Gripper.parse(model.gripper) if model.gripper != "none" else None
+    if model_gripper is not None and spec.gripper_for_model != model_gripper:
+        findings.append(
+            Finding(
+                "error",
+                "gripper",
+                f"the spec converts the gripper to {spec.gripper_for_model.value}, the policy "
+                f"assumes {model_gripper.value}",
+                f"set gripper_for_model={model_gripper.value} in the spec, or pass "
+                f"?gripper={spec.gripper_for_model.value} to the policy",
+            )
+        )
+    elif model_gripper == Gripper.OCTO and gripper.min() < -0.5:
+        findings.append(
+            Finding(
+                "error",
+                "gripper",
+                f"model convention is octo (1 open, 0 close) but converted data actions reach "
+                f"{gripper.min():.2f}",
+                "set gripper_in_file correctly in the dataset spec (libero: −1 open / +1 close)",
+            )
+        )
+    else:
+        findings.append(
+            Finding(
+                "ok",
+                "gripper",
+                f"{spec.gripper_in_file.value} in the file → {spec.gripper_for_model.value}",
+            )
+        )
+    if model.statistics:
+        ckpt_dim = _statistics_dim(model.statistics, stats_key)
+        if ckpt_dim is not None and ckpt_dim != data_dim:
+            findings.append(
+                Finding(
+                    "info",
+                    "statistics",
+                    f"checkpoint statistics have {ckpt_dim} action dims, the data {data_dim}",
+                    "finetuning writes the data's statistics beside the new checkpoint",
+                )
+            )
+
+
+def _check_env(
+    model: _Model, suite: str, protocol_name: str, findings: list[Finding], stats_key: str | None
+) -> None:
+    from evalharness.envs.libero import PROPRIO_DIM, SUITES
+    from evalharness.protocols import get_protocol
+
+    if suite not in SUITES:
+        findings.append(
+            Finding("error", "suite", f"unknown suite {suite!r}", f"one of {', '.join(SUITES)}")
+        )
+        return
+    protocol = get_protocol(protocol_name)
+    env_keys = ("image_primary", "image_wrist")
+    for key, size in model.image_sizes.items():
+        if key not in env_keys:
+            findings.append(
+                Finding(
+                    "error",
+                    "env cameras",
+                    f"the model reads {key}; LIBERO gives {list(env_keys)}",
+                    "the policy feeds zeros with pad_mask False; finetune without that camera",
+                )
+            )
+        elif size != (protocol.camera_size, protocol.camera_size):
+            findings.append(
+                Finding(
+                    "info",
+                    "env image size",
+                    f"{key}: env renders {protocol.camera_size}² ({protocol.name}), model takes "
+                    f"{size[0]}×{size[1]}",
+                    "none needed: the policy resizes (lanczos3, as Octo)",
+                )
+            )
+    for key, dim in model.lowdim.items():
+        if key != "proprio" or dim != PROPRIO_DIM:
+            findings.append(
+                Finding(
+                    "error",
+                    "env proprio",
+                    f"the model tokenizes {key} ({dim} dims); LIBERO's proprio has {PROPRIO_DIM}",
+                    "finetune on data whose proprio is LIBERO's (eef pos 3 + axis-angle 3 + "
+                    "gripper qpos 2)",
+                )
+            )
+    action_dim = model.action_dim
+    if model.statistics:
+        action_dim = _statistics_dim(model.statistics, stats_key) or action_dim
+    if action_dim < 7:
+        findings.append(
+            Finding(
+                "error",
+                "env actions",
+                f"the policy outputs {action_dim} action dims; LIBERO takes 7",
+                "finetune on 7-dim LIBERO actions",
+            )
+        )
+    elif action_dim > 7:
+        findings.append(
+            Finding(
+                "warning",
+                "env actions",
+                f"the policy outputs {action_dim} dims; LIBERO uses the first 7",
+                "evaluate a checkpoint finetuned on LIBERO's 7-dim actions",
+            )
+        )
+    else:
+        findings.append(Finding("ok", "env actions", "7 dims"))
+    findings.append(
+        Finding(
+            "ok" if model.gripper == "octo" else "info",
+            "gripper",
+            f"policy converts {model.gripper} → LIBERO (−1 open, +1 close)",
+        )
+    )
+    spec_file = model.directory / "dataset_spec.json" if model.directory else None
+    if spec_file is not None and spec_file.is_file():
+        transform = json.loads(spec_file.read_text()).get("eval_image_transform", "none")
+        severity = "ok" if transform == "none" else "warning"
+        fix = "" if transform == "none" else "evaluate with frames rotated 180° (raw orientation)"
+        findings.append(
+            Finding(severity, "orientation", f"trained on frames needing {transform!r}", fix)
+        )
+
+
+def doctor(
+    policy: str,
+    data: str | None = None,
+    dataset_spec: str = "libero",
+    suite: str | None = None,
+    protocol: str = "openvla",
+) -> list[Finding]:
+    """Every mismatch between ``policy``'s checkpoint, ``data`` and ``suite`` (see the module)."""
+    from evalharness.policies.registry import parse_policy_string
+
+    ref = parse_policy_string(policy)
+    findings: list[Finding] = []
+    try:
+        if ref.name in OCTO_FAMILIES and ref.path:
+            model = _octo_model(ref.path, dict(ref.options), findings)
+        else:
+            model = _spec_model(policy)
+    except (ValueError, FileNotFoundError) as exc:
+        findings.append(Finding("error", "checkpoint", str(exc), "check the path and the files"))
+        return findings
+    findings.append(
+        Finding(
+            "info",
+            "checkpoint",
+            f"cameras {model.image_sizes or 'any'}, window {model.window_size}, action "
+            f"{model.action_dim} × horizon {model.action_horizon}, "
+            f"{'language' if model.needs_language else 'no language'}",
+        )
+    )
+    stats_key = ref.options.get("stats")
+    if data is not None:
+        _check_data(model, data, dataset_spec, findings, stats_key)
+    if suite is not None:
+        _check_env(model, suite, protocol, findings, stats_key)
+    return findings
