@@ -296,6 +296,179 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- finetune, finetune-then-eval, doctor (evalharness.finetune, evalharness.doctor) ----------
+
+
+def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="FAMILY:CHECKPOINT[?key=value...] to start from, e.g. octo_jax:hf://rail-berkeley/"
+        "octo-small-1.5 (options go to the family's trainer, e.g. ?action_horizon=8)",
+    )
+    p.add_argument("--data", required=True, help="dataset: a LIBERO .hdf5 file/folder or RLDS")
+    p.add_argument(
+        "--dataset-spec",
+        default="libero",
+        help="preset (libero, libero_rlds) or a .json DatasetSpec (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mode", default="full", choices=["full", "head_only", "head_mlp_only"], help="what trains"
+    )
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    p.add_argument(
+        "--lr", type=float, default=3e-4, help="peak learning rate (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="linear warmup (default: 5%% of --steps, ≤ 2000)",
+    )
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW, kernels only")
+    p.add_argument("--clip-gradient", type=float, default=1.0, help="global-norm clip")
+    p.add_argument(
+        "--save-every", type=int, default=None, metavar="N", help="checkpoint every N steps"
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="family trainer option (same as ?key=value on --policy); repeatable",
+    )
+
+
+def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser(
+        "finetune",
+        help="finetune a policy checkpoint on a dataset",
+        description=(
+            "Build the family's model for the dataset (observation keys, action dim, horizon, "
+            "window), merge the pretrained weights wherever name and shape agree (the "
+            "compatibility report says what is fresh and why), train, and write a checkpoint "
+            "the family's strict loader reads, with train_log.csv, dataset_statistics.json and "
+            "dataset_spec.json beside it."
+        ),
+        epilog=(
+            "example: evalharness finetune --policy octo_jax:ckpts/octo-small --data demos/ "
+            "--dataset-spec libero --mode head_only --steps 5000 --batch-size 64 --out ckpts/ft"
+        ),
+    )
+    _add_finetune_arguments(f)
+    f.add_argument("--out", required=True, help="checkpoint directory to write")
+    f.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    f.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser(
+        "finetune-then-eval",
+        help="finetune, then evaluate the new checkpoint",
+        description=(
+            "Exactly `evalharness finetune`, then `evalharness run` with the new checkpoint "
+            "(FAMILY:OUT) and the run flags given here. The finetune log is copied into the run "
+            "directory and recorded in its run.json, so dashboards show the loss curve."
+        ),
+        epilog=(
+            "example: evalharness finetune-then-eval --policy octo_jax:ckpts/octo-small --data "
+            "demos/ --mode head_only --steps 2000 --out ckpts/ft --suite libero_spatial --tasks 0"
+        ),
+    )
+    _add_finetune_arguments(e)
+    e.add_argument("--out", required=True, help="checkpoint directory to write")
+    e.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    e.add_argument("--resume", action="store_true", help="continue the finetune and the run")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument("--eval-out", default=None, help="run directory (default: as `run` names it)")
+    e.add_argument("--eval-seed", type=int, default=None, help="the run's --seed")
+    # Every other `run` flag, taken from the run parser itself so the two never drift apart.
+    scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
+    _add_run_parser(scratch)
+    shared = {"help", "policy", "out", "seed", "resume", "no_progress"}
+    for action in scratch.choices["run"]._actions:
+        if action.dest not in shared:
+            e._add_action(action)
+
+    d = sub.add_parser(
+        "doctor",
+        help="check a checkpoint against a dataset and the environment, without training",
+        description=(
+            "Report every mismatch between a checkpoint, a dataset and the LIBERO environment "
+            "(observation keys, image sizes, window, action dim and horizon, statistics, "
+            "gripper convention, orientation), each with its fix. Exit status 1 on errors."
+        ),
+        epilog="example: evalharness doctor --policy octo_jax:ckpts/ft --data demos/ --suite libero_spatial",
+    )
+    d.add_argument("--policy", required=True, help="FAMILY:CHECKPOINT[?options]")
+    d.add_argument("--data", default=None, help="a dataset to finetune on")
+    d.add_argument("--dataset-spec", default="libero", help="default: %(default)s")
+    d.add_argument("--suite", default=None, help="a LIBERO suite to evaluate on")
+    d.add_argument("--protocol", default="openvla", help="protocol for the env's camera size")
+
+
+def _finetune_config(args: argparse.Namespace) -> object:
+    from evalharness.finetune import FinetuneConfig, FinetuneOptions
+
+    family_options: dict[str, str] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r} must be KEY=VALUE")
+        family_options[key.strip()] = value.strip()
+    options = FinetuneOptions(
+        mode=args.mode,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        clip_gradient=args.clip_gradient,
+        seed=args.seed,
+        family_options=family_options,
+    )
+    return FinetuneConfig(
+        policy=args.policy,
+        data=Path(args.data),
+        out_dir=Path(args.out),
+        dataset_spec=args.dataset_spec,
+        options=options,
+        save_every=args.save_every,
+        resume=args.resume,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from evalharness.finetune import finetune
+
+    finetune(_finetune_config(args))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_finetune_then_eval(args: argparse.Namespace) -> int:
+    from evalharness.finetune import finetune, record_finetune_in_run
+
+    result = finetune(_finetune_config(args))  # type: ignore[arg-type]
+    run_args = argparse.Namespace(**vars(args))
+    run_args.policy = result.policy
+    run_args.seed = args.eval_seed
+    run_args.out = str(args.eval_out or _default_out(args.suite, result.policy))
+    status = cmd_run(run_args)
+    record_finetune_in_run(Path(run_args.out), result)
+    return status
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from evalharness.doctor import doctor, format_findings
+
+    findings = doctor(args.policy, args.data, args.dataset_spec, args.suite, args.protocol)
+    print(format_findings(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
 def _add_record_parser(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "record",
@@ -371,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("run_dir", help="a run directory holding episodes.csv")
     _add_report_parsers(sub)
+    _add_finetune_parsers(sub)
     _add_record_parser(sub)
     return parser
 
@@ -382,6 +556,9 @@ COMMANDS = {
     "summarize": cmd_summarize,
     "dashboard": cmd_dashboard,
     "compare": cmd_compare,
+    "finetune": cmd_finetune,
+    "finetune-then-eval": cmd_finetune_then_eval,
+    "doctor": cmd_doctor,
     "record": cmd_record,
 }
 
