@@ -200,7 +200,7 @@ def get_trainer_factory(name: str) -> TrainerFactory:
                 f"the extra for {name}"
             ) from exc
         _TRAINERS[name] = factory
-        return factory  # type: ignore[no-any-return]
+        return factory
     return entry
 
 
@@ -376,7 +376,7 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
             trainer.load_state_dict(path.read_bytes())
             say(f"resuming {out} from step {start}")
         _truncate_log(log_path, start)
-    info = {
+    info: dict[str, Any] = {
         "policy": config.policy,
         "family": trainer.family,
         "data": str(config.data),

@@ -219,12 +219,12 @@ def octo_loss(
         time = jax.random.randint(time_key, (n, b, w, 1), 0, head.diffusion_steps)
         noise = jax.random.normal(eps_key, (n, *flat.shape))
         noisy = jnp.sqrt(alpha_hats[time]) * flat[None] + jnp.sqrt(1 - alpha_hats[time]) * noise
-        pred = DiffusionActionHead(head).apply(
+        pred: jax.Array = DiffusionActionHead(head).apply(  # type: ignore[assignment]
             head_params, outputs, time, noisy, train=train, rngs={"dropout": dropout_rng}
         )
         target, mask = noise, mask.reshape(b, w, -1)[None]
     else:
-        pred = ContinuousActionHead(head).apply(
+        pred = ContinuousActionHead(head).apply(  # type: ignore[assignment]
             head_params, outputs, train=train, rngs={"dropout": dropout_rng}
         )
         target = actions
@@ -276,7 +276,7 @@ def _eval_loss(module: OctoModule, params: Any, batch: Mapping[str, Any], rng: j
 
 @partial(jax.jit, static_argnums=0)
 def _encode_text(t5: Any, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    return T5Encoder(t5).apply({"params": params}, ids, mask)
+    return T5Encoder(t5).apply({"params": params}, ids, mask)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def _fresh_params(
     if not keys:
         return {}
     if not all(k.startswith("heads_") for k in keys):
-        return flatten_tree(init_params(module, example, seed))
+        return flatten_tree(init_params(module, dict(example), seed))
     obs, task = example["observation"], example["task"]
     outputs, _ = jax.eval_shape(
         lambda: module.init_with_output(

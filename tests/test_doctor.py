@@ -1,0 +1,69 @@
+"""`evalharness doctor`: mismatches between checkpoint, dataset and env, each with its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+
+from evalharness.cli import main
+from evalharness.data import write_tiny_libero_hdf5
+from evalharness.doctor import doctor
+
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "octo_tiny_lang"
+pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not present")
+
+
+def _horizon_changed(tmp_path: Path, horizon: int = 2) -> Path:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"]["heads"]["action"]["kwargs"]["action_horizon"] = horizon
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def test_doctor_on_a_horizon_changed_config_prints_the_row_arithmetic(tmp_path, capsys):
+    ckpt = _horizon_changed(tmp_path)
+    code = main(["doctor", "--policy", f"octo_jax:{ckpt}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    # The tiny model's version of octo-small's "444 = 32 + 384 + 7 × 4".
+    assert (
+        "checkpoint 124 rows = time 32 + embedding 64 + action 7 × horizon 4; "
+        "this config 110 = 32 + 64 + 7 × 2 → action_horizon changed 4 → 2"
+    ) in out
+    assert "fix: undo the head edit" in out
+
+
+def test_doctor_reports_data_and_env_mismatches_with_fixes(tmp_path):
+    data = write_tiny_libero_hdf5(tmp_path / "d_demo.hdf5", num_demos=1, steps=4, image_size=16)
+    findings = doctor(f"octo_jax:{FIXTURE}", str(data), "libero", "libero_spatial")
+    by_topic = {(f.topic, f.severity): f for f in findings}
+    assert ("weights", "ok") in by_topic
+    stats = by_topic[("statistics", "warning")]
+    assert "libero_spatial_no_noops" in stats.message and "?stats=" in stats.fix
+    sizes = [f for f in findings if f.topic == "image sizes"]
+    assert {f.message for f in sizes} == {
+        "image_primary: data 16×16, model 64×64",
+        "image_wrist: data 16×16, model 32×32",
+    }
+    assert all("resizes" in f.fix for f in sizes)
+    assert ("gripper", "ok") in by_topic and ("env actions", "ok") in by_topic
+    assert not [f for f in findings if f.severity == "error"]
+
+
+def test_doctor_flags_a_gripper_convention_disagreement(tmp_path):
+    data = write_tiny_libero_hdf5(tmp_path / "g_demo.hdf5", num_demos=1, steps=4, image_size=16)
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps({"base": "libero", "name": "raw_gripper", "gripper_for_model": "libero"})
+    )
+    findings = doctor(f"octo_jax:{FIXTURE}?stats=libero_spatial_no_noops", str(data), str(spec))
+    gripper = [f for f in findings if f.topic == "gripper"]
+    assert gripper and gripper[0].severity == "error"
+    assert "?gripper=libero" in gripper[0].fix
