@@ -14,11 +14,12 @@ $(BIN)/evalharness: pyproject.toml
 
 setup: $(BIN)/evalharness
 
-# Main job on a built-in default: the zero policy on 2 libero_spatial tasks x 2 episodes.
+# Main job with real successes and no model to download: the scripted expert (privileged sim
+# state, physics only) on 2 libero_spatial tasks x 2 episodes; a 128 px video of episode 0.
 demo: setup
 	rm -rf results/demo
-	$(BIN)/evalharness run --suite libero_spatial --policy zero --tasks 0,1 \
-		--episodes-per-task 2 --max-steps 50 --out results/demo --video 1
+	$(BIN)/evalharness run --suite libero_spatial --policy scripted --tasks 0,1 \
+		--episodes-per-task 2 --num-envs 2 --camera-size 128 --out results/demo --video 1
 
 test: setup lint typecheck pytest
 

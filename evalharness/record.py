@@ -154,7 +154,7 @@ def rollout(
     instruction = recorder.base.task.instruction
     first = True
     while True:
-        tasks = {
+        tasks: dict[str, Any] = {
             "language_instruction": [instruction],
             "episode_seed": np.array([policy_seed], dtype=np.int64),
             "episode_start": np.array([first]),

@@ -156,7 +156,7 @@ class Expert:
         objects = self.p["objects"]
         if name not in objects:
             raise UnsupportedTaskError(f"object {name!r} is not in the scene ({sorted(objects)})")
-        return objects[name]  # type: ignore[no-any-return]
+        return objects[name]
 
     def _hold(self) -> Action:
         return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.grip])
