@@ -6,7 +6,9 @@ Where JAX is installed the octo-small model gets the octo_jax benchmark's very p
 (``init_params(seed=0)``, mapped JAX → torch), so the two families run the same network;
 without JAX it is a torch random init of the same shape. Steady state: the instruction's T5
 embedding is cached, so a call is image resize + one transformer pass + 20 diffusion steps.
-actions/s = batch × action_horizon / latency. Device: CUDA when available (``--device``).
+actions/s = batch × action_horizon / latency. Device: CUDA when available (``--device``). On
+CPU the row records torch's intra-op threads; ``OMP_NUM_THREADS=1`` (or ``--threads 1``) avoids
+the oversubscription that slows small-op models severalfold on a busy machine.
 
     python benchmarks/latency_octo_pt.py [--batch-sizes 1,8,32] [--repeats 3] [--models tiny,small]
 
@@ -128,10 +130,13 @@ def octo_pt_latency(
     models: tuple[str, ...] = ("tiny", "small"),
     device: str | None = None,
     compile: bool = False,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Median steady-state act() wall time and actions/s per (model, batch size)."""
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     inputs = _sibling("latency_octo_jax")._inputs
     makers: dict[str, Any] = {}
@@ -197,10 +202,11 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,small")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads")
     args = parser.parse_args()
     sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     rows = octo_pt_latency(
-        sizes, args.repeats, tuple(args.models.split(",")), args.device, args.compile
+        sizes, args.repeats, tuple(args.models.split(",")), args.device, args.compile, args.threads
     )
     print(format_rows(rows))
 

@@ -16,6 +16,8 @@ Options (``?key=value&...``):
 
 - ``device``: torch device (``cpu`` default, ``cuda``, ``cuda:1``).
 - ``compile``: ``true`` to ``torch.compile`` the transformer stack (first call is slow).
+- ``threads``: torch's intra-op CPU threads (``torch.set_num_threads``, process-wide). On a CPU
+  shared with env workers, 1 avoids oversubscription, which otherwise slows act() severalfold.
 - ``step``: which ``<step>`` folder to load (default: the latest).
 - ``stats``: dataset key in a multi-dataset ``dataset_statistics.json``
   (e.g. ``libero_spatial_no_noops``); not needed when the file holds one dataset.
@@ -78,6 +80,7 @@ OPTIONS = (
     "exec_horizon",
     "temporal_ensemble",
     "resize",
+    "threads",
 )
 
 
@@ -283,6 +286,11 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
         raise ValueError(
             f"policy 'octo_pt' has no option(s) {unknown}; known: {', '.join(OPTIONS)}"
         )
+    threads = _number(options, "threads", int)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"policy 'octo_pt': option threads={threads} must be >= 1")
+        torch.set_num_threads(threads)
     resize = options.get("resize", "policy")
     if resize not in ("policy", "env"):
         raise ValueError(f"policy 'octo_pt': option resize={resize!r} must be 'policy' or 'env'")
