@@ -5,6 +5,7 @@ Observations are the harness' standard ones, so every policy reads the same keys
 - `image_primary`: the third-person `agentview` camera, (H, W, 3) uint8, **upright**;
 - `image_wrist`: the `robot0_eye_in_hand` camera, (H, W, 3) uint8, upright;
 - `proprio`: (8,) float32 = end-effector position (3) + axis-angle (3) + gripper qpos (2);
+- `joint_states`: (7,) float32, the arm's joint angles (LIBERO datasets' `obs/joint_states`);
 - `language_instruction`: the task's instruction.
 
 `render_images=False` drops both image keys (and skips the camera renders, which dominate a
@@ -234,6 +235,7 @@ class LiberoEnv(gym.Env):
         if render_images:
             obs_spaces.update(image_primary=image, image_wrist=image)
         obs_spaces["proprio"] = spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32)
+        obs_spaces["joint_states"] = spaces.Box(-np.inf, np.inf, (7,), np.float32)
         obs_spaces["language_instruction"] = spaces.Text(max_length=1024, charset=string.printable)
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -403,6 +405,9 @@ class LiberoEnv(gym.Env):
             if f"{camera}_image" in self._last_raw
         }
         obs["proprio"] = proprio
+        # The arm's 7 joint angles: LIBERO's datasets store them (`obs/joint_states`) and
+        # policies trained with LIBERO's robomimic configs read them.
+        obs["joint_states"] = np.asarray(raw["robot0_joint_pos"], dtype=np.float32)
         obs["language_instruction"] = self.task.instruction
         if self.privileged:
             obs["privileged"] = self.privileged_state()

@@ -35,6 +35,7 @@ from evalharness.policies.diffusion.checkpoint import (  # noqa: E402
     load_weights,
 )
 from evalharness.policies.diffusion.config import ActionKey, DiffusionPolicyConfig  # noqa: E402
+from evalharness.policies.diffusion.keymap import STANDARD_SOURCES  # noqa: E402
 from evalharness.policies.diffusion.nets import VisualCoreSpec  # noqa: E402
 from evalharness.policies.diffusion.policy import DiffusionPolicy  # noqa: E402
 from evalharness.policies.diffusion.schedulers import NoiseScheduler, SchedulerConfig  # noqa: E402
@@ -180,10 +181,12 @@ def test_batched_actions_do_not_depend_on_batch_neighbours(
 @needs_fixture
 def test_policy_string_loads_the_fixture_and_refuses_unmapped_observations() -> None:
     path = FIXTURE / "model.pth"
+    no_joints = {k: v for k, v in STANDARD_SOURCES.items() if k != "joint_states"}
     with pytest.raises(ValueError, match=r"joint_states.*missing_obs=zeros"):
-        load_policy(f"diffusion:{path}")
+        DiffusionPolicy(load_checkpoint(path), sources=no_joints)
     with pytest.warns(UserWarning, match=r"feeding zeros for \['joint_states'\]"):
-        policy = load_policy(f"diffusion:{path}?missing_obs=zeros&device=cpu")
+        DiffusionPolicy(load_checkpoint(path), sources=no_joints, missing_obs="zeros")
+    policy = load_policy(f"diffusion:{path}?device=cpu")
     assert policy.spec.window_size == 2 and policy.spec.action_horizon == 8
     assert policy.spec.exec_horizon == 8 and policy.spec.action_dim == 7
     # LIBERO's standard observation at the render size: images are resized to 84x84 inside.
@@ -191,6 +194,7 @@ def test_policy_string_loads_the_fixture_and_refuses_unmapped_observations() -> 
         "image_primary": np.zeros((2, 2, 128, 128, 3), np.uint8),
         "image_wrist": np.full((2, 2, 128, 128, 3), 200, np.uint8),
         "proprio": np.zeros((2, 2, 8), np.float32),
+        "joint_states": np.zeros((2, 2, 7), np.float32),
         "timestep_pad_mask": np.ones((2, 2), bool),
     }
     actions = policy.act(
@@ -512,7 +516,7 @@ def test_robomimic_min_max_stats_unnormalize_as_x_times_scale_plus_offset() -> N
 @pytest.mark.sim
 @pytest.mark.slow
 def test_evalharness_run_with_the_fixture_end_to_end(tmp_path: Path) -> None:
-    policy = f"diffusion:{FIXTURE / 'model.pth'}?missing_obs=zeros"
+    policy = f"diffusion:{FIXTURE / 'model.pth'}"
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "evalharness.cli", "run", "--suite", "libero_spatial", "--policy", policy,
            "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "5", "--num-envs", "1",

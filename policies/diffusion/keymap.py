@@ -89,6 +89,7 @@ STANDARD_SOURCES: Mapping[str, ObsSource] = {
     "agentview_rgb": _PRIMARY_RAW,
     "eye_in_hand_rgb": _WRIST_RAW,
     "gripper_states": ObsSource("proprio", 6, 8),
+    "joint_states": ObsSource("joint_states"),
     "ee_pos": ObsSource("proprio", 0, 3),
     "ee_ori": ObsSource("proprio", 3, 6),
     "ee_states": ObsSource("proprio", 0, 6),
@@ -98,6 +99,7 @@ STANDARD_SOURCES: Mapping[str, ObsSource] = {
     "robot0_eef_pos": ObsSource("proprio", 0, 3),
     "robot0_eef_quat": ObsSource("proprio", 3, 6, transform="axis_angle_to_quat_xyzw"),
     "robot0_gripper_qpos": ObsSource("proprio", 6, 8),
+    "robot0_joint_pos": ObsSource("joint_states"),
     # DROID (RLDS keys): two exterior cameras; here the third-person and the wrist camera.
     "camera/image/varied_camera_1_left_image": ObsSource("image_primary"),
     "camera/image/varied_camera_2_left_image": ObsSource("image_wrist"),

@@ -78,7 +78,7 @@ class DiffusionPolicy(Policy):
             raise ValueError(
                 f"{loaded.path}: the checkpoint needs observation(s) {unmapped} that the standard "
                 f"LIBERO observation (image_primary, image_wrist, proprio = eef pos 3 + axis-angle "
-                f"3 + gripper qpos 2) does not provide. Pass ?missing_obs=zeros to feed zeros "
+                f"3 + gripper qpos 2, joint_states 7) does not provide. Pass ?missing_obs=zeros to feed zeros "
                 f"(a smoke test, not an evaluation) or ?missing_obs=passthrough if your env "
                 f"emits them under these names. Mapped keys: "
                 f"{ {k: self.sources[k].describe() for k in config.obs_shapes if k in self.sources} }"
