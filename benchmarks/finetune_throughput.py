@@ -73,8 +73,21 @@ def bench_octo_jax(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]
     return rows
 
 
+def bench_octo_pt(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same tiny Octo fixture in PyTorch (``?device=cuda`` when a GPU is present)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = f"octo_pt:{FIXTURES / 'octo_tiny_lang'}?device={device}"
+    rows = [_time_trainer(policy, data, mode, args) for mode in ("head_only", "full")]
+    for row in rows:
+        row["device"] = device
+    return rows
+
+
 BENCHES: dict[str, Callable[[Path, argparse.Namespace], list[dict[str, Any]]]] = {
     "octo_jax": bench_octo_jax,
+    "octo_pt": bench_octo_pt,
 }
 
 

@@ -167,6 +167,7 @@ TrainerFactory = Callable[[str, Dataset, FinetuneOptions], Trainer]
 
 _TRAINERS: dict[str, TrainerFactory | str] = {
     "octo_jax": "evalharness.policies.octo_jax.train:from_pretrained",
+    "octo_pt": "evalharness.policies.octo_pt.train:from_pretrained",
 }
 
 

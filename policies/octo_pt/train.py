@@ -1,0 +1,731 @@
+"""Finetune Octo in PyTorch: the ``octo_pt`` implementation of the finetune ``Trainer``.
+
+The same recipe as ``octo_jax`` (``policies/octo_jax/train.py``, upstream
+``scripts/finetune.py``), in torch, from either checkpoint layout (upstream JAX or octo_pt's
+own safetensors)::
+
+    checkpoint ─► config edited for the new data (action dim, horizon, window; image tokenizers
+                  whose cameras the data lacks are dropped) ─► new torch model built on an
+                  example batch made from the data ─► pretrained tensors copied wherever name
+                  *and* shape agree (the compatibility report says what is fresh and why)
+    optimizer:    clip to global norm → AdamW (warmup-cosine lr, weight decay only on what
+                  upstream calls kernels: Linear/Conv weights, attention q/k/v/out, Fourier
+                  kernel); frozen parameters get ``requires_grad=False`` (no backward pass,
+                  not in the optimizer: they stay bit-identical)
+    loss:         transformer → action head loss, masked by timestep_pad_mask × action_pad_mask
+                  (diffusion head: ε-prediction MSE over ``n_diffusion_samples`` noise draws;
+                  L1/MSE heads: on actions), × action_dim as upstream
+
+Modes and frozen patterns are upstream's, matched (fnmatch) on each parameter's *Flax* path
+(:func:`~evalharness.policies.octo_pt.jax_weights.jax_key_map`, dots for slashes), so both
+families freeze exactly the same leaves::
+
+    full            frozen: the checkpoint's optimizer.frozen_keys (default ("*hf_model*",))
+    head_only       frozen: "octo_transformer.*"
+    head_mlp_only   frozen: "octo_transformer.*", "heads_*.map_head.probe",
+                            "heads_*.map_head.MultiHeadDotProductAttention_0.*"
+
+The T5 encoder is always frozen; each distinct instruction is encoded once and cached. Task
+conditioning is language only (goal images zeros with ``pad_mask_dict`` False), as evaluation
+feeds. The saved checkpoint is octo_pt's torch layout (``OUT/<step>/model.safetensors`` +
+``config.json`` + ``example_batch.msgpack`` + statistics + tokenizer), read by ``octo_pt:OUT``.
+
+Options (``?key=value``): those of ``octo_jax`` (``step``, ``tokenizer``, ``window_size``,
+``action_horizon``, ``normalization``, ``frozen_keys``, ``keep_action_dim``) plus ``device``
+(``cpu`` default, ``cuda``). Randomness (fresh parameters, diffusion times and noise) comes
+from torch generators seeded by ``--seed``, drawn on the CPU, so a run does not depend on the
+device's RNG; fresh parameters use torch's default initializers, not Flax's.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
+from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.common.images import resize_images
+from evalharness.policies.common.normalization import NormalizationType
+from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.octo.config import (
+    ConfigError,
+    ImageTokenizerConfig,
+    LowdimObsTokenizerConfig,
+    OctoConfig,
+)
+from evalharness.policies.octo.explain import octo_explainer
+from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
+from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo_pt.checkpoint import (
+    LoadedOcto,
+    load_octo_pt,
+    save_torch_checkpoint,
+)
+from evalharness.policies.octo_pt.heads import ContinuousActionHead, DiffusionActionHead
+from evalharness.policies.octo_pt.jax_weights import LeafMap, jax_key_map, to_jax_shape
+from evalharness.policies.octo_pt.model import OctoModel, build_octo_model
+from evalharness.policies.octo_pt.policy import to_torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ALWAYS_FROZEN",
+    "FROZEN_KEYS",
+    "MODES",
+    "OctoPtTrainer",
+    "from_pretrained",
+    "frozen_parameters",
+    "octo_loss",
+    "warmup_cosine",
+]
+
+#: Upstream's frozen-key patterns per finetune mode (fnmatch on the dotted Flax path); the
+#: same as ``octo_jax.train.FROZEN_KEYS`` (not imported: that module needs JAX).
+FROZEN_KEYS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "head_only": ("octo_transformer.*",),
+    "head_mlp_only": (
+        "octo_transformer.*",
+        "heads_*.map_head.probe",
+        "heads_*.map_head.MultiHeadDotProductAttention_0.*",
+    ),
+}
+MODES = tuple(FROZEN_KEYS)
+#: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
+ALWAYS_FROZEN = ("*hf_model*",)
+_OPTIONS = (
+    "step",
+    "tokenizer",
+    "window_size",
+    "action_horizon",
+    "normalization",
+    "frozen_keys",
+    "keep_action_dim",
+    "device",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# freezing, weight decay, the schedule
+
+
+def _dotted(leaf: LeafMap) -> str:
+    return leaf.jax_key.replace("/", ".")
+
+
+def frozen_parameters(mapping: Mapping[str, LeafMap], patterns: Sequence[str]) -> list[str]:
+    """Torch names of the parameters whose Flax path matches any fnmatch pattern."""
+    return [k for k, leaf in mapping.items() if any(fnmatch(_dotted(leaf), p) for p in patterns)]
+
+
+def _decays(leaf: LeafMap) -> bool:
+    # optax's mask in octo_jax: every leaf whose path contains "kernel" (Dense/Conv kernels,
+    # attention q/k/v/out kernels, the Fourier-features kernel); not biases, norms, embeddings.
+    return "kernel" in leaf.jax_key
+
+
+def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """``optax.warmup_cosine_decay_schedule(0, peak, warmup, max(total, warmup + 1), 0)``."""
+    decay_steps = max(total_steps, warmup_steps + 1)
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * step / warmup_steps
+    span = decay_steps - warmup_steps
+    progress = min(max(step - warmup_steps, 0), span) / span
+    return 0.5 * peak * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------
+# the loss (upstream OctoModule loss_fn + action head .loss)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = torch.broadcast_to(mask, x.shape).to(x.dtype)
+    return torch.mean(x * mask) / torch.clamp(torch.mean(mask), min=1e-5)
+
+
+def octo_loss(
+    model: OctoModel,
+    head_config: Any,
+    batch: Mapping[str, Any],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Octo's training loss on a prepared batch of tensors (observation, task, action,
+    action_pad_mask); diffusion times and noise are drawn from ``generator`` (CPU)."""
+    obs = batch["observation"]
+    pad = obs["timestep_pad_mask"]
+    outputs = model.octo_transformer(obs, batch["task"], pad)
+    head = model.heads["action"]
+    actions = batch["action"]
+    mask = pad[:, :, None, None] & batch["action_pad_mask"]
+    if isinstance(head, DiffusionActionHead):
+        b, w = pad.shape
+        flat = torch.clamp(actions.reshape(b, w, -1), -head.max_action, head.max_action)
+        n = int(getattr(head_config, "n_diffusion_samples", 1))
+        time = torch.randint(0, head.diffusion_steps, (n, b, w, 1), generator=generator)
+        noise = torch.randn((n, *flat.shape), generator=generator)
+        time, noise = time.to(flat.device), noise.to(flat.device, flat.dtype)
+        alpha_hat = head.alpha_hats[time]
+        noisy = torch.sqrt(alpha_hat) * flat[None] + torch.sqrt(1 - alpha_hat) * noise
+        pred = head(outputs, time, noisy)
+        target, mask = noise, mask.reshape(b, w, -1)[None]
+    elif isinstance(head, ContinuousActionHead):
+        pred = head(outputs)
+        target = actions
+    else:  # pragma: no cover - build_octo_model makes only these
+        raise FinetuneError(f"octo_pt finetune: no loss for head {type(head).__name__}")
+    sq = torch.square(pred - target)
+    error = torch.abs(pred - target) if head_config.loss_type == "l1" else sq
+    # Upstream sums over the action dims instead of averaging.
+    loss = _masked_mean(error, mask) * head.action_dim
+    mse = _masked_mean(sq, mask) * head.action_dim
+    return loss, {"loss": loss.detach(), "mse": mse.detach()}
+
+
+# --------------------------------------------------------------------------------------------
+# the config for the new data (framework-free; mirrors octo_jax.train, which needs JAX)
+
+
+def _option(options: Mapping[str, str], key: str, default: int) -> int:
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        raise FinetuneError(
+            f"octo_pt finetune option {key}={options[key]!r} must be an integer"
+        ) from None
+    if value < 1:
+        raise FinetuneError(f"octo_pt finetune option {key}={value} must be >= 1")
+    return value
+
+
+def _bool(options: Mapping[str, str], key: str) -> bool:
+    text = str(options.get(key, "false")).lower()
+    if text not in ("1", "true", "yes", "0", "false", "no"):
+        raise FinetuneError(f"octo_pt finetune option {key}={options[key]!r} must be true or false")
+    return text in ("1", "true", "yes")
+
+
+def _re_match(pattern: str, key: str) -> bool:
+    """Octo's tokenizer key patterns are regexes matched at the start (``re.match``)."""
+    return re.match(pattern, key) is not None
+
+
+class DataFacts(NamedTuple):
+    image_keys: tuple[str, ...]
+    lowdim_keys: tuple[str, ...]
+    action_dim: int
+
+
+def adapt_config(
+    config: Mapping[str, Any],
+    parsed: OctoConfig,
+    data: DataFacts,
+    window_size: int,
+    action_horizon: int,
+    action_dim: int,
+    normalization: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """``config.json`` edited for the new data and a plain-language list of the changes
+    (the same edits as ``octo_jax.train.adapt_config``)."""
+    new = copy.deepcopy(dict(config))
+    new.pop("octo_pt", None)  # save_torch_checkpoint writes its own entry
+    model = new["model"]
+    changes: list[str] = []
+    for name, tok in parsed.model.observation_tokenizers:
+        if isinstance(tok, ImageTokenizerConfig):
+            patterns, keys = tok.obs_stack_keys, data.image_keys
+        elif isinstance(tok, LowdimObsTokenizerConfig):
+            patterns, keys = tok.obs_keys, data.lowdim_keys
+        else:
+            continue
+        if not any(_re_match(p, k) for p in patterns for k in keys):
+            del model["observation_tokenizers"][name]
+            changes.append(
+                f"observation tokenizer {name!r} removed: the data has no key matching "
+                f"{list(patterns)} (it has {list(keys)})"
+            )
+    head = parsed.model.action_head
+    kwargs = model["heads"]["action"].setdefault("kwargs", {})
+    kwargs.pop("pred_horizon", None)
+    if head.action_dim != action_dim:
+        changes.append(
+            f"action head rebuilt: action_dim {head.action_dim} → {action_dim} (the data's)"
+        )
+    if head.action_horizon != action_horizon:
+        changes.append(
+            f"action head rebuilt: action_horizon {head.action_horizon} → {action_horizon}"
+        )
+    kwargs["action_dim"] = action_dim
+    kwargs["action_horizon"] = action_horizon
+    if (parsed.window_size or window_size) != window_size:
+        changes.append(f"window_size {parsed.window_size} → {window_size}")
+    new["window_size"] = window_size
+    dataset_kwargs = new.setdefault("dataset_kwargs", {})
+    traj = dataset_kwargs.setdefault("traj_transform_kwargs", {})
+    traj.update(window_size=window_size, action_horizon=action_horizon, max_action_dim=action_dim)
+    dataset_kwargs["action_proprio_normalization_type"] = normalization
+    return new, changes
+
+
+def _example_batch(
+    batch: Mapping[str, Any],
+    inputs: OctoInputSpec,
+    tokenizer: TextTokenizer | None,
+    has_language: bool,
+) -> dict[str, Any]:
+    """An upstream-style example batch (batch 1) from the first data sample at the model's
+    image sizes: it sizes the new model and is saved with the checkpoint."""
+    obs = batch["observation"]
+    pad = np.asarray(obs["timestep_pad_mask"], bool)[:1]
+    window = pad.shape[1]
+    observation: dict[str, Any] = {}
+    masks: dict[str, np.ndarray] = {}
+    for key, size in inputs.obs_images.items():
+        if key in obs:
+            observation[key] = resize_images(np.asarray(obs[key])[:1], size)
+            masks[key] = np.ones((1, window), bool)
+    for key in inputs.lowdim:
+        if key in obs:
+            observation[key] = np.asarray(obs[key], np.float32)[:1]
+            masks[key] = np.ones((1, window), bool)
+    observation["timestep"] = np.zeros((1, window), np.int32)
+    masks["timestep"] = np.ones((1, window), bool)
+    observation["timestep_pad_mask"] = pad
+    observation["task_completed"] = ~np.asarray(batch["action_pad_mask"], bool)[:1, ..., 0]
+    observation["pad_mask_dict"] = masks
+    task_inputs = OctoInputSpec(
+        window_size=window,
+        obs_images=inputs.obs_images,
+        task_images={k: v for k, v in inputs.task_images.items() if k in observation},
+        language_length=inputs.language_length,
+    )
+    language = None
+    if has_language and tokenizer is not None:
+        ids = tokenizer.encode([str(batch["task"]["language_instruction"][0])])
+        language = {k: v.astype(np.int32) for k, v in ids.items()}
+    task = prepare_tasks(1, task_inputs, language)
+    return {
+        "observation": observation,
+        "task": task,
+        "action": np.asarray(batch["action"], np.float32)[:1],
+        "action_pad_mask": np.asarray(batch["action_pad_mask"], bool)[:1],
+    }
+
+
+def _encoder_names(config: OctoConfig) -> dict[str, str]:
+    return {
+        name: tok.encoder.kind
+        for name, tok in config.model.observation_tokenizers
+        if isinstance(tok, ImageTokenizerConfig)
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+class OctoPtTrainer:
+    """The ``octo_pt`` finetune trainer (see the module docstring and ``evalharness.finetune``)."""
+
+    family = "octo_pt"
+
+    def __init__(
+        self,
+        model: OctoModel,
+        config: dict[str, Any],
+        parsed: OctoConfig,
+        example_batch: dict[str, Any],
+        t5: T5EncoderConfig | None,
+        report: CompatibilityReport,
+        statistics: Mapping[str, Any],
+        tokenizer: TextTokenizer | None,
+        mode: str,
+        frozen_patterns: tuple[str, ...],
+        options: Any,
+        normalization: NormalizationType,
+        changes: list[str],
+        device: str = "cpu",
+    ) -> None:
+        self.config = config
+        self.parsed = parsed
+        self.example_batch = example_batch
+        self.t5 = t5
+        self.report = report
+        self.statistics = dict(statistics)
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.frozen_patterns = frozen_patterns
+        self.changes = changes
+        self.device = torch.device(device)
+        self.model = model.to(self.device).train()
+        self.inputs = OctoInputSpec.from_example_batch(example_batch, parsed.window_size)
+        head = parsed.model.action_head
+        self.head_config = head
+        self.data = DataRequest(
+            window_size=self.inputs.window_size,
+            action_horizon=head.action_horizon,
+            action_dim=head.action_dim,
+            normalization=normalization.value,
+        )
+        self.learning_rate = float(options.learning_rate)
+        self.warmup_steps = int(options.warmup_steps)
+        self.total_steps = int(options.steps)
+        self.clip_gradient = float(options.clip_gradient)
+        mapping = jax_key_map(model, _encoder_names(parsed))
+        self._frozen = frozen_parameters(mapping, frozen_patterns)
+        frozen = set(self._frozen)
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for name, param in self.model.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+            else:
+                (decay if _decays(mapping[name]) else no_decay).append(param)
+        self.trainable = decay + no_decay
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": float(options.weight_decay)},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=0.0,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+        )
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(int(options.seed))
+        self.step = 0
+        self._language: dict[str, torch.Tensor] = {}
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def frozen_keys(self) -> list[str]:
+        """Torch names of the frozen parameters."""
+        return list(self._frozen)
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One optimizer step on a data-layer batch; returns loss, grad_norm, learning_rate."""
+        prepared = self.prepare_batch(batch)
+        lr = warmup_cosine(self.step, self.learning_rate, self.warmup_steps, self.total_steps)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = octo_loss(self.model, self.head_config, prepared, self.generator)
+        loss.backward()
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        norm = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            if grads
+            else torch.zeros(())
+        )
+        if float(norm) >= self.clip_gradient:  # optax.clip_by_global_norm
+            scale = self.clip_gradient / norm
+            for g in grads:
+                g.mul_(scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step += 1
+        out = {k: float(v) for k, v in metrics.items()}
+        out.update(grad_norm=float(norm), learning_rate=float(lr))
+        return out
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Mapping[str, Any], seed: int = 0) -> float:
+        """The loss on ``batch`` with the current parameters, without updating them."""
+        prepared = self.prepare_batch(batch)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        self.model.eval()
+        try:
+            return float(octo_loss(self.model, self.head_config, prepared, generator)[0])
+        finally:
+            self.model.train()
+
+    def save(self, directory: str | Path, step: int) -> Path:
+        """Write octo_pt's torch layout (``directory/<step>/model.safetensors`` + config,
+        example batch, statistics) and the tokenizer, so ``octo_pt:directory`` loads strictly
+        and offline."""
+        directory = Path(directory)
+        save_torch_checkpoint(
+            directory,
+            self.model,
+            self.config,
+            self.example_batch,
+            self.statistics,
+            step=step,
+            t5_config=self.t5,
+        )
+        self._copy_tokenizer(directory)
+        return directory
+
+    def state_dict(self) -> bytes:
+        """Parameters, optimizer state, generator state and step, for ``--resume``."""
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "step": self.step,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    def load_state_dict(self, data: bytes) -> None:
+        state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.step = int(state["step"])
+
+    def policy_string(self, directory: str | Path) -> str:
+        """How evaluation loads the saved checkpoint."""
+        return f"octo_pt:{directory}"
+
+    # -- batches -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_instructions(self, instructions: Sequence[str]) -> torch.Tensor:
+        """(B, tokens, d) T5 embeddings on the device; each distinct instruction encoded once."""
+        new = [s for s in dict.fromkeys(instructions) if s not in self._language]
+        if new:
+            tokenizers = self.model.octo_transformer.task_tokenizers.values()
+            t5 = next((t.t5 for t in tokenizers if getattr(t, "t5", None) is not None), None)
+            if self.tokenizer is None or t5 is None:
+                raise FinetuneError("the model has no language encoder but the data has text")
+            ids = self.tokenizer.encode(new)
+            out = t5(
+                torch.as_tensor(ids["input_ids"], device=self.device),
+                torch.as_tensor(ids["attention_mask"], device=self.device),
+            )
+            self._language.update(zip(new, out, strict=True))
+        return torch.stack([self._language[s] for s in instructions])
+
+    def prepare_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """A data-layer batch (``evalharness.data.windows``) → the model's input tensors."""
+        obs = batch["observation"]
+        pad = np.asarray(obs["timestep_pad_mask"], dtype=bool)
+        size, window = pad.shape
+        masks = obs.get("pad_mask_dict", {})
+        observation: dict[str, Any] = {}
+        pad_mask_dict: dict[str, np.ndarray] = {}
+        for key, (height, width) in self.inputs.obs_images.items():
+            if key in obs:
+                observation[key] = resize_images(np.asarray(obs[key]), (height, width))
+                pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+            else:
+                observation[key] = np.zeros((size, window, height, width, 3), np.uint8)
+                pad_mask_dict[key] = np.zeros((size, window), bool)
+        for key in self.inputs.lowdim:
+            observation[key] = np.asarray(obs[key], np.float32)
+            pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+        if self.inputs.obs_timestep:
+            observation["timestep"] = np.zeros((size, window), np.int32)
+            pad_mask_dict["timestep"] = np.ones((size, window), bool)
+        observation["timestep_pad_mask"] = pad
+        observation["pad_mask_dict"] = pad_mask_dict
+        task = prepare_tasks(size, self.inputs)
+        if self.parsed.model.language_tokenizer is not None:
+            task["pad_mask_dict"]["language_instruction"] = np.ones(size, bool)
+        prepared = to_torch(
+            {
+                "observation": observation,
+                "task": task,
+                "action": np.asarray(batch["action"], np.float32),
+                "action_pad_mask": np.asarray(batch["action_pad_mask"], bool),
+            },
+            self.device,
+        )
+        if self.parsed.model.language_tokenizer is not None:
+            texts = [str(t) for t in batch["task"]["language_instruction"]]
+            prepared["task"]["language_instruction"] = self.encode_instructions(texts)
+        return prepared
+
+    def _copy_tokenizer(self, directory: Path) -> None:
+        text = self.parsed.text_processor
+        if self.tokenizer is None or text is None:
+            return
+        target = directory / Path(text.tokenizer_name).name
+        if (target / "tokenizer.json").is_file():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (
+            "tokenizer.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "spiece.model",
+        ):
+            source = self.tokenizer.folder / name
+            if source.is_file():
+                shutil.copyfile(source, target / name)
+
+
+# --------------------------------------------------------------------------------------------
+# building the trainer
+
+
+def _report(
+    pretrained: LoadedOcto,
+    model: OctoModel,
+    parsed: OctoConfig,
+    inputs: OctoInputSpec,
+    target: str,
+) -> CompatibilityReport:
+    """Pretrained torch tensors vs the new model's, by torch name; explanations in upstream's
+    names and layouts (as the loader's), from whichever side knows the parameter."""
+    old_map = jax_key_map(pretrained.model, _encoder_names(pretrained.config))
+    new_map = jax_key_map(model, _encoder_names(parsed))
+    explain = octo_explainer(parsed.model, inputs)
+
+    def explain_torch(key: str, ckpt: Any, shape: Any) -> str | None:
+        leaf = new_map.get(key) or old_map.get(key)
+        if leaf is None:
+            return None
+        return explain(
+            leaf.jax_key,
+            to_jax_shape(ckpt, old_map.get(key, leaf)) if ckpt is not None else None,
+            to_jax_shape(shape, leaf) if shape is not None else None,
+        )
+
+    return compare_shapes(
+        {k: tuple(v.shape) for k, v in pretrained.model.state_dict().items()},
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        explain=explain_torch,
+        source=pretrained.name,
+        target=target,
+    )
+
+
+def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTrainer:
+    """Build the torch finetune model for ``dataset`` from ``checkpoint`` (either layout).
+
+    ``options`` is an ``evalharness.finetune.FinetuneOptions``; its ``family_options`` are this
+    module's options (module docstring).
+    """
+    family = dict(options.family_options)
+    unknown = sorted(set(family) - set(_OPTIONS))
+    if unknown:
+        raise FinetuneError(
+            f"octo_pt finetune has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
+        )
+    if options.mode not in FROZEN_KEYS:
+        raise FinetuneError(f"--mode {options.mode!r}: expected one of {', '.join(MODES)}")
+    pretrained = load_octo_pt(checkpoint, step=parse_step(family.get("step")), strict=True)
+    parsed_old = pretrained.config
+    old_inputs = OctoInputSpec.from_example_batch(pretrained.example_batch, parsed_old.window_size)
+    head = parsed_old.model.action_head
+    statistics = dataset.statistics()
+    data_dim = len(statistics["action"]["mean"])
+    window = _option(family, "window_size", old_inputs.window_size)
+    horizon = _option(family, "action_horizon", head.action_horizon)
+    keep = _bool(family, "keep_action_dim") or data_dim <= head.action_dim
+    action_dim = head.action_dim if keep and data_dim <= head.action_dim else data_dim
+    if _bool(family, "keep_action_dim") and data_dim > head.action_dim:
+        raise FinetuneError(
+            f"keep_action_dim=true but the data has {data_dim} action dims and the checkpoint's "
+            f"head {head.action_dim}; drop the option to build a {data_dim}-dim head"
+        )
+    normalization = NormalizationType.parse(family.get("normalization", "normal"))
+
+    episodes = dataset.load()
+    first = episodes[0]
+    image_keys = tuple(k for k in first if k.startswith("image_"))
+    lowdim = tuple(k for k in ("proprio",) if k in first)
+    config, changes = adapt_config(
+        pretrained.raw_config,
+        parsed_old,
+        DataFacts(image_keys, lowdim, data_dim),
+        window,
+        horizon,
+        action_dim,
+        normalization.value,
+    )
+    source = f"{pretrained.directory / 'config.json'} (edited for {dataset.path})"
+    try:
+        parsed = OctoConfig.from_checkpoint_config(config, source=source)
+    except ConfigError as exc:
+        raise FinetuneError(str(exc)) from None
+
+    tokenizer = None
+    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
+        folder = resolve_tokenizer(
+            parsed.text_processor.tokenizer_name, pretrained.directory, family.get("tokenizer")
+        )
+        tokenizer = TextTokenizer(folder, parsed.text_processor)
+
+    sample = next(dataset.batches(window, horizon, 1, seed=0, action_dim=action_dim))
+    image_patterns = [
+        p
+        for _, t in parsed.model.observation_tokenizers
+        if isinstance(t, ImageTokenizerConfig)
+        for p in t.obs_stack_keys
+    ]
+    inputs = OctoInputSpec(
+        window_size=window,
+        obs_images={
+            k: v
+            for k, v in old_inputs.obs_images.items()
+            if any(_re_match(p, k) for p in image_patterns)
+        },
+        task_images=old_inputs.task_images,
+        lowdim={
+            k: int(np.shape(first[k])[-1])
+            for k in lowdim
+            if any(_re_match(p, k) for _, t in parsed.model.lowdim_tokenizers for p in t.obs_keys)
+        },
+        language_length=old_inputs.language_length,
+    )
+    example = _example_batch(sample, inputs, tokenizer, parsed.model.language_tokenizer is not None)
+    t5 = pretrained.extra.get("t5")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(options.seed))
+        model = build_octo_model(parsed.model, example, t5)
+    new_inputs = OctoInputSpec.from_example_batch(example, window)
+    report = _report(pretrained, model, parsed, new_inputs, f"octo_pt model for {dataset.path}")
+    stored = pretrained.model.state_dict()
+    state = model.state_dict()
+    with torch.no_grad():
+        for entry in report.loaded:
+            if entry.key in state and entry.source_key in stored:
+                state[entry.key].copy_(stored[entry.source_key])
+    needed = [e.key for e in report.entries if e.key in state and e.status != "loaded"]
+
+    base = tuple((pretrained.raw_config.get("optimizer") or {}).get("frozen_keys") or ())
+    base = base or ALWAYS_FROZEN
+    extra = tuple(p for p in family.get("frozen_keys", "").split(",") if p)
+    patterns = tuple(dict.fromkeys((*ALWAYS_FROZEN, *base, *FROZEN_KEYS[options.mode], *extra)))
+    frozen = set(frozen_parameters(jax_key_map(model, _encoder_names(parsed)), patterns))
+    stuck = [k for k in needed if k in frozen]
+    if stuck:
+        changes.append(
+            f"warning: {len(stuck)} freshly initialized parameters are frozen in mode "
+            f"{options.mode!r} and stay random (e.g. {stuck[0]}); use --mode full"
+        )
+    return OctoPtTrainer(
+        model,
+        config,
+        parsed,
+        example,
+        t5,
+        report,
+        statistics,
+        tokenizer,
+        options.mode,
+        patterns,
+        options,
+        normalization,
+        changes,
+        device=family.get("device", "cpu"),
+    )
