@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         episode_timeout=args.episode_timeout,
     )
     config.tasks()  # validates task ids before any process starts
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, suite=args.suite)
     if args.executor == "ray":
         from evalharness.ray_executor import RayRunner
 

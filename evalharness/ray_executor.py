@@ -159,12 +159,12 @@ class RayRunner(Runner):
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_worker = cpus_per_worker
         if make_policy is None:
-            spec = config.policy
+            spec, suite = config.policy, config.suite
 
             def make_policy() -> Policy:
                 from evalharness.policies import load_policy
 
-                return load_policy(spec)
+                return load_policy(spec, suite=suite)
 
         self.make_policy = make_policy
         #: pids of the actors started, in order (tests kill one of them).

@@ -286,7 +286,7 @@ def record(config: RecordConfig, policy: Policy | None = None, progress: bool = 
     from evalharness.runner import policy_seed
 
     if policy is None:
-        policy = load_policy(config.policy)
+        policy = load_policy(config.policy, suite=config.suite)
     p = config.protocol
     paths = []
     for task in config.tasks():

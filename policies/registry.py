@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from evalharness.policies.base import Policy
+from evalharness.policies.common.normalization import evaluation_suite
 
 PolicyFactory = Callable[..., Policy]
 
@@ -93,8 +94,12 @@ def parse_policy_string(text: str) -> PolicyRef:
     return PolicyRef(name=name, path=path or None, options=options)
 
 
-def load_policy(text: str) -> Policy:
-    """Build the policy a string names. Unknown names list the known ones."""
+def load_policy(text: str, suite: str | None = None) -> Policy:
+    """Build the policy a string names. Unknown names list the known ones.
+
+    `suite` is the suite the policy will be evaluated on: a checkpoint whose statistics cover
+    several datasets then defaults to the one named after it (see `select_statistics`).
+    """
     ref = parse_policy_string(text)
     _register_builtins()
     if ref.name not in _FACTORIES:
@@ -107,7 +112,8 @@ def load_policy(text: str) -> Policy:
         factory = getattr(importlib.import_module(module_name), attr)
         _FACTORIES[ref.name] = factory
     assert callable(factory)
-    return factory(ref.path, **ref.options)
+    with evaluation_suite(suite):
+        return factory(ref.path, **ref.options)
 
 
 _BUILTINS_DONE = False

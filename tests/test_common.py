@@ -26,6 +26,7 @@ from evalharness.policies.common.normalization import (
     Gripper,
     StatisticsError,
     convert_gripper,
+    evaluation_suite,
     gripper_to_env,
     select_statistics,
 )
@@ -161,6 +162,23 @@ def test_statistics_selection_lists_available_datasets():
         select_statistics(stats, "nope")
     single = select_statistics({"action": STATS})
     assert single.key is None and single.proprio is None
+
+
+def test_statistics_default_to_the_dataset_named_after_the_evaluated_suite():
+    stats = {
+        "libero_object_no_noops": {"action": STATS},
+        "libero_spatial_no_noops": {"action": STATS},
+    }
+    with evaluation_suite("libero_spatial"):
+        assert select_statistics(stats).key == "libero_spatial_no_noops"
+        assert select_statistics(stats, "libero_object_no_noops").key == "libero_object_no_noops"
+    with (
+        evaluation_suite("libero_goal"),
+        pytest.raises(StatisticsError, match="none is named after the suite 'libero_goal'"),
+    ):
+        select_statistics(stats)
+    with pytest.raises(StatisticsError, match=r"\?stats=KEY"):
+        select_statistics(stats)  # outside an evaluation there is no default
 
 
 def test_malformed_statistics_name_the_entry():

@@ -18,13 +18,40 @@ controller takes −1 = open, +1 = close. OpenVLA's evaluation maps one to the o
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 _EPS = 1e-8
+log = logging.getLogger(__name__)
+
+# The suite being evaluated, so that a multi-dataset statistics file without `?stats=` resolves
+# to the dataset named after it (libero_spatial → libero_spatial_no_noops) when exactly one is.
+_SUITE: ContextVar[str | None] = ContextVar("evalharness_evaluation_suite", default=None)
+
+
+@contextmanager
+def evaluation_suite(suite: str | None) -> Iterator[None]:
+    """Within this block, :func:`select_statistics` may pick the dataset named after `suite`."""
+    token = _SUITE.set(suite)
+    try:
+        yield
+    finally:
+        _SUITE.reset(token)
+
+
+def _suite_key(keys: list[str], suite: str | None) -> str | None:
+    if not suite:
+        return None
+    if suite in keys:
+        return suite
+    prefixed = [k for k in keys if k.startswith(f"{suite}_")]
+    return prefixed[0] if len(prefixed) == 1 else None
 
 
 class StatisticsError(ValueError):
@@ -214,12 +241,19 @@ def select_statistics(
     else:
         keys = statistics_keys(stats)
         if key in (None, ""):
-            if len(keys) != 1:
+            suite = _SUITE.get()
+            by_suite = _suite_key(keys, suite)
+            if by_suite is not None and len(keys) > 1:
+                log.info("%s: using the statistics of %r (the suite evaluated)", source, by_suite)
+                key = by_suite
+            elif len(keys) != 1:
+                because = f" (none is named after the suite {suite!r})" if suite else ""
                 raise StatisticsError(
-                    f"{source}: has statistics for {len(keys)} datasets; choose one with "
-                    f"?stats=KEY, one of: {', '.join(keys)}"
+                    f"{source}: has statistics for {len(keys)} datasets{because}; choose one "
+                    f"with ?stats=KEY, one of: {', '.join(keys)}"
                 )
-            key = keys[0]
+            else:
+                key = keys[0]
         if key not in keys:
             raise StatisticsError(
                 f"{source}: has no statistics for dataset {key!r}; available: {', '.join(keys)}"
