@@ -37,9 +37,7 @@ for wider).
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,10 +67,20 @@ from evalharness.policies.octo.config import (
     ConfigError,
     DiffusionHeadConfig,
     ImageTokenizerConfig,
-    LowdimObsTokenizerConfig,
     OctoConfig,
 )
 from evalharness.policies.octo.explain import octo_explainer
+from evalharness.policies.octo.finetune import (
+    ALWAYS_FROZEN,
+    FROZEN_KEYS,
+    MODES,
+    DataFacts,
+    adapt_config,
+)
+from evalharness.policies.octo.finetune import example_batch as _example_batch
+from evalharness.policies.octo.finetune import matches_key as fnmatch_re
+from evalharness.policies.octo.finetune import option_bool as _bool
+from evalharness.policies.octo.finetune import option_int as _option
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
 from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
 from evalharness.policies.octo_jax.loader import (
@@ -105,19 +113,6 @@ __all__ = [
     "octo_loss",
 ]
 
-#: Upstream's frozen-key patterns per finetune mode (fnmatch on ".".join(path)).
-FROZEN_KEYS: dict[str, tuple[str, ...]] = {
-    "full": (),
-    "head_only": ("octo_transformer.*",),
-    "head_mlp_only": (
-        "octo_transformer.*",
-        "heads_*.map_head.probe",
-        "heads_*.map_head.MultiHeadDotProductAttention_0.*",
-    ),
-}
-MODES = tuple(FROZEN_KEYS)
-#: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
-ALWAYS_FROZEN = ("*hf_model*",)
 _OPTIONS = (
     "step",
     "tokenizer",
@@ -281,91 +276,6 @@ def _encode_text(t5: Any, params: Any, ids: jax.Array, mask: jax.Array) -> jax.A
 
 # --------------------------------------------------------------------------------------------
 # the config for the new data
-
-
-def _option(options: Mapping[str, str], key: str, default: int) -> int:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise ValueError(
-            f"octo_jax finetune option {key}={options[key]!r} must be an integer"
-        ) from None
-    if value < 1:
-        raise ValueError(f"octo_jax finetune option {key}={value} must be >= 1")
-    return value
-
-
-def _bool(options: Mapping[str, str], key: str) -> bool:
-    text = str(options.get(key, "false")).lower()
-    if text not in ("1", "true", "yes", "0", "false", "no"):
-        raise ValueError(f"octo_jax finetune option {key}={options[key]!r} must be true or false")
-    return text in ("1", "true", "yes")
-
-
-class DataFacts(NamedTuple):
-    """What the new data offers, as far as the model's config depends on it."""
-
-    image_keys: tuple[str, ...]
-    lowdim_keys: tuple[str, ...]
-    action_dim: int
-
-
-def adapt_config(
-    config: Mapping[str, Any],
-    parsed: OctoConfig,
-    data: DataFacts,
-    window_size: int,
-    action_horizon: int,
-    action_dim: int,
-    normalization: str,
-) -> tuple[dict[str, Any], list[str]]:
-    """``config.json`` edited for the new data (upstream ``update_config`` /
-    ``config_delete_keys``) and a plain-language list of the changes."""
-    new = copy.deepcopy(dict(config))
-    model = new["model"]
-    changes: list[str] = []
-    for name, tok in parsed.model.observation_tokenizers:
-        if isinstance(tok, ImageTokenizerConfig):
-            patterns, keys = tok.obs_stack_keys, data.image_keys
-        elif isinstance(tok, LowdimObsTokenizerConfig):
-            patterns, keys = tok.obs_keys, data.lowdim_keys
-        else:
-            continue
-        if not any(fnmatch_re(p, k) for p in patterns for k in keys):
-            del model["observation_tokenizers"][name]
-            changes.append(
-                f"observation tokenizer {name!r} removed: the data has no key matching "
-                f"{list(patterns)} (it has {list(keys)})"
-            )
-    head = parsed.model.action_head
-    kwargs = model["heads"]["action"].setdefault("kwargs", {})
-    kwargs.pop("pred_horizon", None)
-    if head.action_dim != action_dim:
-        changes.append(
-            f"action head rebuilt: action_dim {head.action_dim} → {action_dim} (the data's)"
-        )
-    if head.action_horizon != action_horizon:
-        changes.append(
-            f"action head rebuilt: action_horizon {head.action_horizon} → {action_horizon}"
-        )
-    kwargs["action_dim"] = action_dim
-    kwargs["action_horizon"] = action_horizon
-    if (parsed.window_size or window_size) != window_size:
-        changes.append(f"window_size {parsed.window_size} → {window_size}")
-    new["window_size"] = window_size
-    dataset_kwargs = new.setdefault("dataset_kwargs", {})
-    traj = dataset_kwargs.setdefault("traj_transform_kwargs", {})
-    traj.update(window_size=window_size, action_horizon=action_horizon, max_action_dim=action_dim)
-    # The policy adapter reads this to un-normalize actions the way they were trained.
-    dataset_kwargs["action_proprio_normalization_type"] = normalization
-    return new, changes
-
-
-def fnmatch_re(pattern: str, key: str) -> bool:
-    """Octo's tokenizer key patterns are regexes matched at the start (``re.match``)."""
-    return re.match(pattern, key) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,51 +452,6 @@ class OctoJaxTrainer:
             source = self.tokenizer.folder / name
             if source.is_file():
                 shutil.copyfile(source, target / name)
-
-
-def _example_batch(
-    batch: Mapping[str, Any],
-    inputs: OctoInputSpec,
-    tokenizer: TextTokenizer | None,
-    has_language: bool,
-) -> dict[str, Any]:
-    """An upstream-style example batch (batch 1) from the first data sample, at the model's
-    image sizes; it fixes the new model's input shapes and is saved with the checkpoint."""
-    obs = batch["observation"]
-    pad = np.asarray(obs["timestep_pad_mask"], bool)[:1]
-    window = pad.shape[1]
-    observation: dict[str, Any] = {}
-    masks: dict[str, np.ndarray] = {}
-    for key, size in inputs.obs_images.items():
-        if key in obs:
-            observation[key] = resize_images(np.asarray(obs[key])[:1], size)
-            masks[key] = np.ones((1, window), bool)
-    for key in inputs.lowdim:
-        if key in obs:
-            observation[key] = np.asarray(obs[key], np.float32)[:1]
-            masks[key] = np.ones((1, window), bool)
-    observation["timestep"] = np.zeros((1, window), np.int32)
-    masks["timestep"] = np.ones((1, window), bool)
-    observation["timestep_pad_mask"] = pad
-    observation["task_completed"] = ~np.asarray(batch["action_pad_mask"], bool)[:1, ..., 0]
-    observation["pad_mask_dict"] = masks
-    task_inputs = OctoInputSpec(
-        window_size=window,
-        obs_images=inputs.obs_images,
-        task_images={k: v for k, v in inputs.task_images.items() if k in observation},
-        language_length=inputs.language_length,
-    )
-    language = None
-    if has_language and tokenizer is not None:
-        ids = tokenizer.encode([str(batch["task"]["language_instruction"][0])])
-        language = {k: v.astype(np.int32) for k, v in ids.items()}
-    task = prepare_tasks(1, task_inputs, language)
-    return {
-        "observation": observation,
-        "task": task,
-        "action": np.asarray(batch["action"], np.float32)[:1],
-        "action_pad_mask": np.asarray(batch["action_pad_mask"], bool)[:1],
-    }
 
 
 def _fresh_params(

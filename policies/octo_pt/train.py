@@ -39,16 +39,14 @@ device's RNG; fresh parameters use torch's default initializers, not Flax's.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,10 +59,20 @@ from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
     ConfigError,
     ImageTokenizerConfig,
-    LowdimObsTokenizerConfig,
     OctoConfig,
 )
 from evalharness.policies.octo.explain import octo_explainer
+from evalharness.policies.octo.finetune import (
+    ALWAYS_FROZEN,
+    FROZEN_KEYS,
+    MODES,
+    DataFacts,
+    adapt_config,
+)
+from evalharness.policies.octo.finetune import example_batch as _example_batch
+from evalharness.policies.octo.finetune import matches_key as _re_match
+from evalharness.policies.octo.finetune import option_bool as _bool
+from evalharness.policies.octo.finetune import option_int as _option
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
 from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer, resolve_tokenizer
 from evalharness.policies.octo_pt.checkpoint import (
@@ -90,20 +98,6 @@ __all__ = [
     "warmup_cosine",
 ]
 
-#: Upstream's frozen-key patterns per finetune mode (fnmatch on the dotted Flax path); the
-#: same as ``octo_jax.train.FROZEN_KEYS`` (not imported: that module needs JAX).
-FROZEN_KEYS: dict[str, tuple[str, ...]] = {
-    "full": (),
-    "head_only": ("octo_transformer.*",),
-    "head_mlp_only": (
-        "octo_transformer.*",
-        "heads_*.map_head.probe",
-        "heads_*.map_head.MultiHeadDotProductAttention_0.*",
-    ),
-}
-MODES = tuple(FROZEN_KEYS)
-#: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
-ALWAYS_FROZEN = ("*hf_model*",)
 _OPTIONS = (
     "step",
     "tokenizer",
@@ -194,134 +188,6 @@ def octo_loss(
 
 # --------------------------------------------------------------------------------------------
 # the config for the new data (framework-free; mirrors octo_jax.train, which needs JAX)
-
-
-def _option(options: Mapping[str, str], key: str, default: int) -> int:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise FinetuneError(
-            f"octo_pt finetune option {key}={options[key]!r} must be an integer"
-        ) from None
-    if value < 1:
-        raise FinetuneError(f"octo_pt finetune option {key}={value} must be >= 1")
-    return value
-
-
-def _bool(options: Mapping[str, str], key: str) -> bool:
-    text = str(options.get(key, "false")).lower()
-    if text not in ("1", "true", "yes", "0", "false", "no"):
-        raise FinetuneError(f"octo_pt finetune option {key}={options[key]!r} must be true or false")
-    return text in ("1", "true", "yes")
-
-
-def _re_match(pattern: str, key: str) -> bool:
-    """Octo's tokenizer key patterns are regexes matched at the start (``re.match``)."""
-    return re.match(pattern, key) is not None
-
-
-class DataFacts(NamedTuple):
-    image_keys: tuple[str, ...]
-    lowdim_keys: tuple[str, ...]
-    action_dim: int
-
-
-def adapt_config(
-    config: Mapping[str, Any],
-    parsed: OctoConfig,
-    data: DataFacts,
-    window_size: int,
-    action_horizon: int,
-    action_dim: int,
-    normalization: str,
-) -> tuple[dict[str, Any], list[str]]:
-    """``config.json`` edited for the new data and a plain-language list of the changes
-    (the same edits as ``octo_jax.train.adapt_config``)."""
-    new = copy.deepcopy(dict(config))
-    new.pop("octo_pt", None)  # save_torch_checkpoint writes its own entry
-    model = new["model"]
-    changes: list[str] = []
-    for name, tok in parsed.model.observation_tokenizers:
-        if isinstance(tok, ImageTokenizerConfig):
-            patterns, keys = tok.obs_stack_keys, data.image_keys
-        elif isinstance(tok, LowdimObsTokenizerConfig):
-            patterns, keys = tok.obs_keys, data.lowdim_keys
-        else:
-            continue
-        if not any(_re_match(p, k) for p in patterns for k in keys):
-            del model["observation_tokenizers"][name]
-            changes.append(
-                f"observation tokenizer {name!r} removed: the data has no key matching "
-                f"{list(patterns)} (it has {list(keys)})"
-            )
-    head = parsed.model.action_head
-    kwargs = model["heads"]["action"].setdefault("kwargs", {})
-    kwargs.pop("pred_horizon", None)
-    if head.action_dim != action_dim:
-        changes.append(
-            f"action head rebuilt: action_dim {head.action_dim} → {action_dim} (the data's)"
-        )
-    if head.action_horizon != action_horizon:
-        changes.append(
-            f"action head rebuilt: action_horizon {head.action_horizon} → {action_horizon}"
-        )
-    kwargs["action_dim"] = action_dim
-    kwargs["action_horizon"] = action_horizon
-    if (parsed.window_size or window_size) != window_size:
-        changes.append(f"window_size {parsed.window_size} → {window_size}")
-    new["window_size"] = window_size
-    dataset_kwargs = new.setdefault("dataset_kwargs", {})
-    traj = dataset_kwargs.setdefault("traj_transform_kwargs", {})
-    traj.update(window_size=window_size, action_horizon=action_horizon, max_action_dim=action_dim)
-    dataset_kwargs["action_proprio_normalization_type"] = normalization
-    return new, changes
-
-
-def _example_batch(
-    batch: Mapping[str, Any],
-    inputs: OctoInputSpec,
-    tokenizer: TextTokenizer | None,
-    has_language: bool,
-) -> dict[str, Any]:
-    """An upstream-style example batch (batch 1) from the first data sample at the model's
-    image sizes: it sizes the new model and is saved with the checkpoint."""
-    obs = batch["observation"]
-    pad = np.asarray(obs["timestep_pad_mask"], bool)[:1]
-    window = pad.shape[1]
-    observation: dict[str, Any] = {}
-    masks: dict[str, np.ndarray] = {}
-    for key, size in inputs.obs_images.items():
-        if key in obs:
-            observation[key] = resize_images(np.asarray(obs[key])[:1], size)
-            masks[key] = np.ones((1, window), bool)
-    for key in inputs.lowdim:
-        if key in obs:
-            observation[key] = np.asarray(obs[key], np.float32)[:1]
-            masks[key] = np.ones((1, window), bool)
-    observation["timestep"] = np.zeros((1, window), np.int32)
-    masks["timestep"] = np.ones((1, window), bool)
-    observation["timestep_pad_mask"] = pad
-    observation["task_completed"] = ~np.asarray(batch["action_pad_mask"], bool)[:1, ..., 0]
-    observation["pad_mask_dict"] = masks
-    task_inputs = OctoInputSpec(
-        window_size=window,
-        obs_images=inputs.obs_images,
-        task_images={k: v for k, v in inputs.task_images.items() if k in observation},
-        language_length=inputs.language_length,
-    )
-    language = None
-    if has_language and tokenizer is not None:
-        ids = tokenizer.encode([str(batch["task"]["language_instruction"][0])])
-        language = {k: v.astype(np.int32) for k, v in ids.items()}
-    task = prepare_tasks(1, task_inputs, language)
-    return {
-        "observation": observation,
-        "task": task,
-        "action": np.asarray(batch["action"], np.float32)[:1],
-        "action_pad_mask": np.asarray(batch["action_pad_mask"], bool)[:1],
-    }
 
 
 def _encoder_names(config: OctoConfig) -> dict[str, str]:
@@ -644,7 +510,8 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTraine
     image_keys = tuple(k for k in first if k.startswith("image_"))
     lowdim = tuple(k for k in ("proprio",) if k in first)
     config, changes = adapt_config(
-        pretrained.raw_config,
+        # save_torch_checkpoint writes its own "octo_pt" entry
+        {k: v for k, v in pretrained.raw_config.items() if k != "octo_pt"},
         parsed_old,
         DataFacts(image_keys, lowdim, data_dim),
         window,
