@@ -8,7 +8,9 @@ scene at the run's camera size), prints it and records it in `run.json` under
 `render_backend`.
 
 With NVIDIA GPUs each env worker renders on one of them: worker `i` gets EGL device
-`i % number of GPUs` through `MUJOCO_EGL_DEVICE_ID`, unless the user set that variable.
+`i % number of GPUs` (of the `CUDA_VISIBLE_DEVICES` list when set) through
+`MUJOCO_EGL_DEVICE_ID`, unless the user set that variable. EGL numbers devices in PCI order;
+set `CUDA_DEVICE_ORDER=PCI_BUS_ID` so CUDA's numbers agree.
 
     python -m evalharness.render_check            # prints the probe as JSON
 """
@@ -68,6 +70,12 @@ def egl_device_for(worker: int, gpus: int | None = None) -> int | None:
     """
     if os.environ.get("MUJOCO_GL", "egl") != "egl" or "MUJOCO_EGL_DEVICE_ID" in os.environ:
         return None
+    # robosuite indexes EGL devices by physical number and reads CUDA_VISIBLE_DEVICES the
+    # same way (a Ray actor's GPU is therefore picked up without help): spread over those.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    devices = [int(d) for d in visible.split(",") if d.strip().isdigit()]
+    if gpus is None and devices:
+        return devices[worker % len(devices)]
     gpus = nvidia_gpu_count() if gpus is None else gpus
     return worker % gpus if gpus > 0 else None
 

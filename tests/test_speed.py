@@ -88,8 +88,11 @@ def test_renderer_kind_reads_the_gl_renderer_string() -> None:
 def test_each_worker_gets_an_egl_device_only_with_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUJOCO_GL", "egl")
     monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert [render_check.egl_device_for(i, gpus=2) for i in range(4)] == [0, 1, 0, 1]
     assert render_check.egl_device_for(3, gpus=0) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # physical numbers, as robosuite reads
+    assert [render_check.egl_device_for(i) for i in range(3)] == [2, 3, 2]
     monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "1")  # the user's choice wins
     assert render_check.egl_device_for(0, gpus=2) is None
 
