@@ -175,9 +175,10 @@ class EpisodeEnv:
         self.episode = episode
         self.control_steps = 0
         try:
-            return self.env.reset(
+            obs, info = self.env.reset(
                 seed=episode.seed, options={"init_state_index": episode.init_state_index}
             )
+            return self._requested(obs), info
         except Exception as exc:
             self.close()  # a half-reset simulator is not trusted with the next episode
             raise SimUnstableError(f"reset raised {type(exc).__name__}: {exc}") from exc
@@ -212,7 +213,14 @@ class EpisodeEnv:
             write_video(path, self.recorder.frames, self.config.video_fps)
             info["video"] = str(path)
             self.recorder.frames = []
-        return obs, float(reward), bool(terminated), bool(truncated), info
+        return self._requested(obs), float(reward), bool(terminated), bool(truncated), info
+
+    def _requested(self, obs: dict[str, Any]) -> dict[str, Any]:
+        # Frames rendered only for a video are not the policy's input: a batch must not mix
+        # envs with and without image keys.
+        if self.config.render_images:
+            return obs
+        return {k: v for k, v in obs.items() if k not in ("image_primary", "image_wrist")}
 
     def close(self) -> None:
         if self.env is not None:
