@@ -84,6 +84,7 @@ from evalharness.policies.octo_pt.heads import ContinuousActionHead, DiffusionAc
 from evalharness.policies.octo_pt.jax_weights import LeafMap, jax_key_map, to_jax_shape
 from evalharness.policies.octo_pt.model import OctoModel, build_octo_model
 from evalharness.policies.octo_pt.policy import to_torch
+from evalharness.policies.octo_pt.tokenizers import LanguageTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +369,10 @@ class OctoPtTrainer:
         new = [s for s in dict.fromkeys(instructions) if s not in self._language]
         if new:
             tokenizers = self.model.octo_transformer.task_tokenizers.values()
-            t5 = next((t.t5 for t in tokenizers if getattr(t, "t5", None) is not None), None)
+            t5 = next(
+                (t.t5 for t in tokenizers if isinstance(t, LanguageTokenizer) and t.t5 is not None),
+                None,
+            )
             if self.tokenizer is None or t5 is None:
                 raise FinetuneError("the model has no language encoder but the data has text")
             ids = self.tokenizer.encode(new)
