@@ -183,3 +183,21 @@ def test_the_expert_puts_the_cream_cheese_in_the_basket(object_env):
     while not (terminated or truncated):
         obs, _, terminated, truncated, info = object_env.step(expert.act(obs["privileged"]))
     assert info["success"] and terminated
+
+
+def test_frames_rendered_only_for_a_video_do_not_reach_an_image_free_policy(tmp_path):
+    # With --video, one env renders frames for its video episode while the others do not; the
+    # batch must not mix observations with and without image keys.
+    from evalharness.worker import EpisodeEnv
+
+    config = RunConfig(
+        suite="libero_spatial",
+        policy="scripted",
+        out_dir=tmp_path,
+        protocol=get_protocol("openvla"),
+    )
+    episode_env = EpisodeEnv(env_config(config, load_policy("scripted")))
+    obs = {"image_primary": np.zeros((2, 2, 3)), "proprio": np.zeros(8), "privileged": {}}
+    assert sorted(episode_env._requested(obs)) == ["privileged", "proprio"]
+    with_images = EpisodeEnv(env_config(config, load_policy("zero")))
+    assert sorted(with_images._requested(obs)) == ["image_primary", "privileged", "proprio"]
