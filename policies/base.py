@@ -10,6 +10,8 @@ environment's action space (unnormalized, gripper convention already converted):
     tasks["language_instruction"]  list of B str
     tasks["episode_seed"]     (B,) int64: one seed per episode, so stochastic policies sample
                               the same actions whatever else shares the batch
+    tasks["episode_start"]    (B,) bool: True on an episode's first query, also when it is
+                              restarted on a fresh worker; per-episode state starts over
     ->  actions (B, action_horizon, action_dim) float
 
 Which wrappers the runner puts in front of a policy (image size, history window, chunk
