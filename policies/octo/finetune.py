@@ -166,3 +166,32 @@ def example_batch(
         "action": np.asarray(batch["action"], np.float32)[:1],
         "action_pad_mask": np.asarray(batch["action_pad_mask"], bool)[:1],
     }
+
+
+def training_observation(obs: Mapping[str, Any], inputs: OctoInputSpec) -> dict[str, Any]:
+    """A data-layer batch's ``observation`` → Octo's observation dict at the model's sizes.
+
+    Images are resized to the example batch's sizes; a camera the data lacks is zeros with
+    its pad mask False; ``timestep`` is added when the model has one.
+    """
+    pad = np.asarray(obs["timestep_pad_mask"], dtype=bool)
+    size, window = pad.shape
+    masks = obs.get("pad_mask_dict", {})
+    observation: dict[str, Any] = {}
+    pad_mask_dict: dict[str, np.ndarray] = {}
+    for key, (height, width) in inputs.obs_images.items():
+        if key in obs:
+            observation[key] = resize_images(np.asarray(obs[key]), (height, width))
+            pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+        else:
+            observation[key] = np.zeros((size, window, height, width, 3), np.uint8)
+            pad_mask_dict[key] = np.zeros((size, window), bool)
+    for key in inputs.lowdim:
+        observation[key] = np.asarray(obs[key], np.float32)
+        pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
+    if inputs.obs_timestep:
+        observation["timestep"] = np.zeros((size, window), np.int32)
+        pad_mask_dict["timestep"] = np.ones((size, window), bool)
+    observation["timestep_pad_mask"] = pad
+    observation["pad_mask_dict"] = pad_mask_dict
+    return observation

@@ -53,7 +53,6 @@ import torch
 
 from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
 from evalharness.policies.common.finetune import DataRequest, FinetuneError
-from evalharness.policies.common.images import resize_images
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
@@ -68,6 +67,7 @@ from evalharness.policies.octo.finetune import (
     MODES,
     DataFacts,
     adapt_config,
+    training_observation,
 )
 from evalharness.policies.octo.finetune import example_batch as _example_batch
 from evalharness.policies.octo.finetune import matches_key as _re_match
@@ -385,27 +385,8 @@ class OctoPtTrainer:
 
     def prepare_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """A data-layer batch (``evalharness.data.windows``) → the model's input tensors."""
-        obs = batch["observation"]
-        pad = np.asarray(obs["timestep_pad_mask"], dtype=bool)
-        size, window = pad.shape
-        masks = obs.get("pad_mask_dict", {})
-        observation: dict[str, Any] = {}
-        pad_mask_dict: dict[str, np.ndarray] = {}
-        for key, (height, width) in self.inputs.obs_images.items():
-            if key in obs:
-                observation[key] = resize_images(np.asarray(obs[key]), (height, width))
-                pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
-            else:
-                observation[key] = np.zeros((size, window, height, width, 3), np.uint8)
-                pad_mask_dict[key] = np.zeros((size, window), bool)
-        for key in self.inputs.lowdim:
-            observation[key] = np.asarray(obs[key], np.float32)
-            pad_mask_dict[key] = np.asarray(masks.get(key, pad), dtype=bool)
-        if self.inputs.obs_timestep:
-            observation["timestep"] = np.zeros((size, window), np.int32)
-            pad_mask_dict["timestep"] = np.ones((size, window), bool)
-        observation["timestep_pad_mask"] = pad
-        observation["pad_mask_dict"] = pad_mask_dict
+        observation = training_observation(batch["observation"], self.inputs)
+        size = observation["timestep_pad_mask"].shape[0]
         task = prepare_tasks(size, self.inputs)
         if self.parsed.model.language_tokenizer is not None:
             task["pad_mask_dict"]["language_instruction"] = np.ones(size, bool)
