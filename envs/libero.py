@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from evalharness.envs.rotations import quat2axisangle
+from evalharness.envs.rotations import quat2axisangle, rotate180
 
 # Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
 # is the only backend that works on clusters without a display.
@@ -145,7 +145,7 @@ def init_states(suite: str, task_id: int) -> np.ndarray:
 
 def upright(image: np.ndarray) -> np.ndarray:
     """Rotate a raw robosuite frame by 180°, the OpenVLA/openpi/LeRobot convention."""
-    return np.ascontiguousarray(image[::-1, ::-1])
+    return rotate180(image)
 
 
 def _aabb(

@@ -8,6 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def rotate180(images: np.ndarray) -> np.ndarray:
+    """Rotate images (..., H, W, C) by 180°: raw robosuite frames ↔ upright ones.
+
+    The single implementation behind the env's upright frames (`envs.libero.upright`), the
+    data layer's `rot180` transform and the `ImageOrientation` wrapper.
+    """
+    return np.ascontiguousarray(images[..., ::-1, ::-1, :])
+
+
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     """Axis-angle (3,) = unit axis * angle in radians, from an (x, y, z, w) quaternion.
 

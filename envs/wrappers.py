@@ -1,5 +1,5 @@
-"""Composable gymnasium wrappers for policy evaluation: image resizing, observation history,
-action chunking and temporal ensembling.
+"""Composable gymnasium wrappers for policy evaluation: image orientation and resizing,
+observation history, action chunking and temporal ensembling.
 
 Each wrapper handles one concern, works on any gymnasium env whose observations are a
 ``spaces.Dict`` (the LIBERO env here, a fake env in tests) and declares the observation and
@@ -24,7 +24,9 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["ActionChunk", "History", "ResizeImage", "TemporalEnsemble"]
+from evalharness.envs.rotations import rotate180
+
+__all__ = ["ActionChunk", "History", "ImageOrientation", "ResizeImage", "TemporalEnsemble"]
 
 PAD_MASK_KEY = "timestep_pad_mask"
 
@@ -107,6 +109,41 @@ def _resize_frames(image: NDArray[np.uint8], height: int, width: int) -> NDArray
                 plane = Image.fromarray(np.ascontiguousarray(frame[..., c]))
                 out[i, ..., c] = np.asarray(plane.resize((width, height), Image.Resampling.LANCZOS))
     return out.reshape(*lead, height, width, channels)
+
+
+#: ``upright``: the env's frames (rotated 180° from robosuite's render, as OpenVLA/Octo/LeRobot
+#: LIBERO data). ``raw``: robosuite's upside-down render, as LIBERO's own HDF5 files store it.
+ORIENTATIONS = ("upright", "raw")
+
+
+class ImageOrientation(gym.ObservationWrapper[dict[str, Any], Any, dict[str, Any]]):
+    """Show a policy its camera frames in the orientation it was trained on.
+
+    The env produces upright frames. A policy trained on raw LIBERO HDF5 frames (a finetune
+    whose dataset spec kept ``model_orientation="raw"``) declares ``image_orientation="raw"``
+    in its spec, and this wrapper rotates every ``image_*`` observation by 180° back. With
+    ``"upright"`` it passes observations through untouched. Frames a skipped render left out
+    stay out; videos are recorded below this wrapper and stay upright.
+    """
+
+    def __init__(self, env: gym.Env[dict[str, Any], Any], orientation: str) -> None:
+        super().__init__(env)
+        if orientation not in ORIENTATIONS:
+            raise ValueError(
+                f"ImageOrientation: unknown orientation {orientation!r}; expected one of "
+                f"{ORIENTATIONS}"
+            )
+        self.orientation = orientation
+        self.observation_space = _dict_space(env, "ImageOrientation")
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        if self.orientation == "upright":
+            return observation
+        out = dict(observation)
+        for key, value in observation.items():
+            if key.startswith("image_") and isinstance(value, np.ndarray) and value.ndim >= 3:
+                out[key] = rotate180(value)
+        return out
 
 
 class ResizeImage(gym.ObservationWrapper[dict[str, Any], Any, dict[str, Any]]):

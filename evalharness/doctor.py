@@ -21,12 +21,13 @@ installed. Other families get the checks their ``PolicySpec`` allows.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from evalharness.policies.registry import training_orientation
 
 __all__ = ["Finding", "doctor", "format_findings"]
 
@@ -393,13 +394,17 @@ def _check_env(
             f"policy converts {model.gripper} → LIBERO (−1 open, +1 close)",
         )
     )
-    spec_file = model.directory / "dataset_spec.json" if model.directory else None
-    if spec_file is not None and spec_file.is_file():
-        transform = json.loads(spec_file.read_text()).get("eval_image_transform", "none")
-        severity = "ok" if transform == "none" else "warning"
-        fix = "" if transform == "none" else "evaluate with frames rotated 180° (raw orientation)"
+    orientation = training_orientation(str(model.directory)) if model.directory else None
+    if orientation is not None:
         findings.append(
-            Finding(severity, "orientation", f"trained on frames needing {transform!r}", fix)
+            Finding("ok", "orientation", "trained on upright frames, as the env renders them")
+            if orientation == "upright"
+            else Finding(
+                "info",
+                "orientation",
+                "trained on raw (upside-down) LIBERO frames: the runner rotates the env's "
+                "frames 180° before the policy sees them (dataset_spec.json)",
+            )
         )
 
 

@@ -198,6 +198,7 @@ def env_config(config: RunConfig, policy: Policy) -> EnvConfig:
         exec_horizon=exec_horizon,
         temporal_ensemble_weight=weight,
         image_sizes={k: (int(v[0]), int(v[1])) for k, v in spec.image_sizes.items()},
+        image_orientation=spec.image_orientation,
         video_dir=str(config.out_dir / "videos" / config.suite) if config.video_episodes else None,
         render_images=spec.uses_images,
         privileged=spec.privileged,

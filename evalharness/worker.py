@@ -47,6 +47,8 @@ class EnvConfig:
     exec_horizon: int = 1
     temporal_ensemble_weight: float | None = None
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the policy's training orientation: "raw" rotates frames 180° before resizing.
+    image_orientation: str = "upright"
     video_dir: str | None = None
     video_fps: int = 20
     #: False for policies that read no pixels: frames are rendered only for video episodes.
@@ -110,7 +112,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 
 class EpisodeEnv:
-    """The wrapped env of one worker: LiberoEnv -> frames -> resize -> history -> chunking."""
+    """The wrapped env of one worker: LiberoEnv -> frames -> orientation -> resize -> history
+    -> chunking."""
 
     def __init__(self, config: EnvConfig, skip_renders: bool | None = None) -> None:
         self.config = config
@@ -130,7 +133,13 @@ class EpisodeEnv:
 
     def _build(self, task_id: int) -> None:
         from evalharness.envs.libero import LiberoEnv
-        from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
+        from evalharness.envs.wrappers import (
+            ActionChunk,
+            History,
+            ImageOrientation,
+            ResizeImage,
+            TemporalEnsemble,
+        )
 
         self.close()
         c = self.config
@@ -147,6 +156,8 @@ class EpisodeEnv:
         self.base = base
         self.recorder = FrameRecorder(base)
         env: gym.Env = self.recorder
+        if c.image_orientation != "upright":  # as training saw them; videos stay upright
+            env = ImageOrientation(env, c.image_orientation)
         if c.image_sizes:
             env = ResizeImage(env, dict(c.image_sizes))
         env = History(env, c.window_size)

@@ -38,6 +38,11 @@ class PolicySpec:
     chunk. `temporal_ensemble_weight`, when set, replaces chunk execution with ACT/Octo-style
     ensembling of overlapping predictions (one action executed per query).
 
+    `image_orientation` is the orientation the model was trained on: ``upright`` (the env's
+    frames, OpenVLA/Octo/LeRobot data) or ``raw`` (LIBERO HDF5's upside-down frames; the
+    runner then rotates frames by 180° before resizing, `envs.wrappers.ImageOrientation`).
+    `load_policy` sets it from a finetuned checkpoint's ``dataset_spec.json``.
+
     `uses_images=False` says the policy reads no camera frames, so the env skips rendering
     (unless a video or a recording needs frames). `privileged=True` asks for simulator ground
     truth in `obs["privileged"]` (a (B,) object array of dicts, see
@@ -56,6 +61,7 @@ class PolicySpec:
     dataset_statistics: Mapping[str, Any] | None = None
     uses_images: bool = True
     privileged: bool = False
+    image_orientation: str = "upright"
 
     def __post_init__(self) -> None:
         for name in ("window_size", "action_horizon", "action_dim"):
@@ -66,6 +72,11 @@ class PolicySpec:
             raise ValueError(
                 f"PolicySpec.exec_horizon must be in 1..action_horizon ({self.action_horizon}), "
                 f"got {self.exec_horizon}"
+            )
+        if self.image_orientation not in ("upright", "raw"):
+            raise ValueError(
+                "PolicySpec.image_orientation must be 'upright' or 'raw', got "
+                f"{self.image_orientation!r}"
             )
         for key, size in self.image_sizes.items():
             if len(size) != 2 or min(size) < 1:

@@ -6,13 +6,17 @@ entry, "module:function", so that listing or loading the built-ins never imports
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from evalharness.policies.base import Policy
+from evalharness.policies.common.compat import CheckpointError
 from evalharness.policies.common.normalization import evaluation_suite
 
 PolicyFactory = Callable[..., Policy]
@@ -113,7 +117,52 @@ def load_policy(text: str, suite: str | None = None) -> Policy:
         _FACTORIES[ref.name] = factory
     assert callable(factory)
     with evaluation_suite(suite):
-        return factory(ref.path, **ref.options)
+        policy = factory(ref.path, **ref.options)
+    orientation = training_orientation(ref.path)
+    if orientation is not None and orientation != policy.spec.image_orientation:
+        policy.spec = dataclasses.replace(policy.spec, image_orientation=orientation)
+    return policy
+
+
+#: what `evalharness finetune` writes beside a checkpoint (`evalharness.finetune.SPEC_JSON`).
+DATASET_SPEC_JSON = "dataset_spec.json"
+
+
+def dataset_spec_file(path: str | None) -> Path | None:
+    """The ``dataset_spec.json`` a finetune wrote beside checkpoint ``path``: in the checkpoint
+    directory, beside a checkpoint file, or above a numbered step directory. None if absent."""
+    if not path:
+        return None
+    root = Path(path).expanduser()
+    if root.is_file():
+        candidates = [root.parent]
+    elif root.is_dir():
+        candidates = [root, root.parent] if root.name.isdigit() else [root]
+    else:
+        return None
+    for folder in candidates:
+        if (folder / DATASET_SPEC_JSON).is_file():
+            return folder / DATASET_SPEC_JSON
+    return None
+
+
+def training_orientation(path: str | None) -> str | None:
+    """``raw`` or ``upright``: the image orientation the model at ``path`` was finetuned on
+    (the dataset spec's ``model_orientation``), or None for a checkpoint without a spec."""
+    file = dataset_spec_file(path)
+    if file is None:
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: not readable JSON ({exc})") from None
+    orientation = data.get("model_orientation", "upright") if isinstance(data, dict) else None
+    if orientation not in ("upright", "raw"):
+        raise CheckpointError(
+            f"{file}: model_orientation is {orientation!r}; expected 'upright' or 'raw' (the "
+            "orientation of the frames the model was finetuned on)"
+        )
+    return str(orientation)
 
 
 _BUILTINS_DONE = False

@@ -215,12 +215,16 @@ def test_unknown_family_and_bad_options_are_explained(tmp_path, tiny_hdf5):
 
 @pytest.mark.sim
 def test_finetune_then_eval_writes_run_results_and_links_the_train_log(tmp_path, tiny_hdf5):
+    # Trained on LIBERO's raw (upside-down) frames: evaluation must rotate the env's frames.
+    spec = tmp_path / "raw_spec.json"
+    spec.write_text(json.dumps({"base": "libero", "name": "raw", "model_orientation": "raw"}))
     run_dir = tmp_path / "run"
     code = main(
         [
             "finetune-then-eval",
             "--policy", POLICY,
             "--data", str(tiny_hdf5),
+            "--dataset-spec", str(spec),
             "--mode", "head_only",
             "--steps", "2",
             "--batch-size", "2",
@@ -241,6 +245,7 @@ def test_finetune_then_eval_writes_run_results_and_links_the_train_log(tmp_path,
     assert info["policy"] == f"octo_jax:{tmp_path / 'ckpt'}"
     assert info["finetune"]["train_log"] == "train_log.csv"
     assert info["finetune"]["checkpoint"] == str((tmp_path / "ckpt").resolve())
+    assert info["policy_spec"]["image_orientation"] == "raw"
     from evalharness.compare import find_train_log
 
     log = find_train_log(run_dir, info)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -19,6 +22,7 @@ from evalharness.policies import (
     registry,
 )
 from evalharness.policies.builtin import RandomPolicy, ZeroPolicy
+from evalharness.policies.common.compat import CheckpointError
 
 
 def batch(seeds: list[int], instruction: str = "put the bowl on the plate") -> tuple[dict, dict]:
@@ -110,6 +114,53 @@ def test_a_lazy_entry_is_imported_on_first_load(monkeypatch):
     assert isinstance(policy, ZeroPolicy)
     assert policy.spec.action_horizon == 2
     assert callable(registry._FACTORIES["lazy_zero"])
+
+
+def _checkpoint_with_spec(root, orientation):
+    """A finetune output: a checkpoint file and the dataset_spec.json written beside it."""
+    from evalharness.data.spec import LIBERO
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.bin").write_bytes(b"weights")
+    spec = dataclasses.replace(LIBERO, name="raw_libero", model_orientation=orientation)
+    (root / "dataset_spec.json").write_text(json.dumps(spec.to_dict()))
+    return root
+
+
+def test_a_finetuned_checkpoint_is_shown_frames_in_its_training_orientation(monkeypatch, tmp_path):
+    from evalharness.protocols import get_protocol
+    from evalharness.runner import RunConfig, env_config
+
+    monkeypatch.setitem(
+        registry._FACTORIES, "ckpt_zero", lambda path=None, **options: ZeroPolicy(PolicySpec("z"))
+    )
+    raw = _checkpoint_with_spec(tmp_path / "raw", "raw")
+    upright = _checkpoint_with_spec(tmp_path / "upright", "upright")
+    assert load_policy(f"ckpt_zero:{raw / 'model.bin'}").spec.image_orientation == "raw"
+    assert load_policy(f"ckpt_zero:{raw}").spec.image_orientation == "raw"
+    step_dir = raw / "5000"
+    step_dir.mkdir()
+    assert load_policy(f"ckpt_zero:{step_dir}").spec.image_orientation == "raw"
+    assert load_policy(f"ckpt_zero:{upright}").spec.image_orientation == "upright"
+    assert load_policy(f"ckpt_zero:{tmp_path}").spec.image_orientation == "upright"  # no spec
+    config = RunConfig(
+        suite="libero_spatial", policy="zero", out_dir=tmp_path, protocol=get_protocol("openvla")
+    )
+    assert env_config(config, load_policy(f"ckpt_zero:{raw}")).image_orientation == "raw"
+
+
+def test_a_broken_dataset_spec_beside_a_checkpoint_names_the_file(monkeypatch, tmp_path):
+    monkeypatch.setitem(
+        registry._FACTORIES, "ckpt_zero", lambda path=None, **options: ZeroPolicy(PolicySpec("z"))
+    )
+    (tmp_path / "dataset_spec.json").write_text('{"model_orientation": "sideways"}')
+    with pytest.raises(
+        CheckpointError, match=r"dataset_spec\.json: model_orientation is 'sideways'"
+    ):
+        load_policy(f"ckpt_zero:{tmp_path}")
+    (tmp_path / "dataset_spec.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"dataset_spec\.json: not readable JSON"):
+        load_policy(f"ckpt_zero:{tmp_path}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +357,7 @@ def test_policy_output_error_is_a_runtime_error():
             r"PolicySpec\.image_sizes\['image_primary'\] must be \(h, w\) > 0, got \(0, 224\)",
         ),
         ({"image_sizes": {"image_wrist": (128,)}}, r"image_sizes\['image_wrist'\]"),
+        ({"image_orientation": "flipped"}, r"image_orientation must be 'upright' or 'raw'"),
     ],
 )
 def test_policy_spec_validation_names_the_field(kwargs, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from typing import Any
 
@@ -11,7 +12,13 @@ import pytest
 from gymnasium import spaces
 from PIL import Image
 
-from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
+from evalharness.envs.wrappers import (
+    ActionChunk,
+    History,
+    ImageOrientation,
+    ResizeImage,
+    TemporalEnsemble,
+)
 
 INSTRUCTION = "put the bowl on the plate"
 
@@ -67,6 +74,35 @@ class FakeEnv(gym.Env[dict[str, Any], np.ndarray]):
 def chunk_of(rows: list[float], dim: int = 7) -> np.ndarray:
     """A chunk whose row r is the constant rows[r] in every action dimension."""
     return np.repeat(np.asarray(rows, dtype=np.float64)[:, None], dim, axis=1)
+
+
+# --------------------------------------------------------------------------- ImageOrientation
+
+
+def test_raw_orientation_rotates_every_image_180_and_nothing_else() -> None:
+    inner = FakeEnv()
+    env = ImageOrientation(inner, "raw")
+    obs, _ = env.reset(seed=0)
+    gradient = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    shown = env.observation({**inner.last_obs, "image_primary": gradient})
+    assert shown["image_primary"][0, 0].tolist() == gradient[-1, -1].tolist()
+    np.testing.assert_array_equal(shown["image_primary"], gradient[::-1, ::-1])
+    assert shown["proprio"] is inner.last_obs["proprio"]
+    assert env.observation_space == inner.observation_space
+    # a step whose renders were skipped has no image keys: nothing to rotate, nothing added
+    assert "image_wrist" not in env.observation({"proprio": obs["proprio"]})
+
+
+def test_upright_orientation_passes_observations_through() -> None:
+    inner = FakeEnv()
+    env = ImageOrientation(inner, "upright")
+    obs, _ = env.reset(seed=0)
+    assert obs is inner.last_obs
+
+
+def test_unknown_orientation_names_value_and_choices() -> None:
+    with pytest.raises(ValueError, match=r"'sideways'.*'upright', 'raw'"):
+        ImageOrientation(FakeEnv(), "sideways")
 
 
 # --------------------------------------------------------------------------- ResizeImage
@@ -380,3 +416,34 @@ def test_resize_after_history_resizes_every_frame() -> None:
     assert obs["image_primary"].shape == (2, 5, 7, 3)
     assert env.observation_space.contains(obs)
     np.testing.assert_array_equal(obs["image_primary"][:, 0, 0, 0], [0, 1])
+
+
+def test_a_worker_rotates_frames_before_resizing_and_records_videos_upright(monkeypatch) -> None:
+    import evalharness.envs.libero as libero
+    from evalharness.worker import EnvConfig, EpisodeEnv, FrameRecorder
+
+    monkeypatch.setattr(libero, "LiberoEnv", lambda *args, **kwargs: FakeEnv())
+    config = EnvConfig(
+        suite="libero_spatial",
+        camera_size=16,
+        max_steps=5,
+        num_steps_wait=0,
+        wait_action=(0.0,) * 7,
+        image_sizes={"image_primary": (8, 8)},
+        image_orientation="raw",
+    )
+    worker_env = EpisodeEnv(config)
+    worker_env._build(0)
+    chain = [type(w) for w in _wrappers(worker_env.env)]
+    assert chain[::-1][:3] == [FrameRecorder, ImageOrientation, ResizeImage]
+    upright = EpisodeEnv(dataclasses.replace(config, image_orientation="upright"))
+    upright._build(0)
+    assert not any(isinstance(w, ImageOrientation) for w in _wrappers(upright.env))
+
+
+def _wrappers(env: Any) -> list[Any]:
+    out = []
+    while isinstance(env, gym.Wrapper):
+        out.append(env)
+        env = env.env
+    return out

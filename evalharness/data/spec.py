@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from evalharness.data.errors import DatasetError
+from evalharness.envs.rotations import rotate180
 from evalharness.policies.common.normalization import Gripper
 
 FORMATS = ("libero_hdf5", "rlds")
@@ -47,7 +48,7 @@ def apply_image_transform(images: np.ndarray, transform: str) -> np.ndarray:
     if transform == "none":
         return images
     if transform == "rot180":
-        return np.ascontiguousarray(images[..., ::-1, ::-1, :])
+        return rotate180(images)
     raise DatasetError(f"unknown image transform {transform!r}; expected one of {IMAGE_TRANSFORMS}")
 
 
