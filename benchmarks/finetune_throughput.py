@@ -3,9 +3,9 @@
     python benchmarks/finetune_throughput.py [--families octo_jax] [--batch-size 8] [--steps 20]
 
 Each family contributes one function ``bench_<family>(data, args) -> dict`` registered in
-``BENCHES``; the driver times ``Trainer.train_step`` after a warm-up (compilation) step. Add
-``octo_pt`` / ``diffusion`` by writing their function against the same ``evalharness.finetune``
-protocol.
+``BENCHES``; the driver times ``Trainer.train_step`` after a warm-up (compilation) step.
+Families: ``octo_jax`` and ``octo_pt`` (the tiny Octo fixture), ``diffusion`` (the tiny
+robomimic UNet fixture, 84² cameras with random crops, EMA).
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from evalharness.finetune import FinetuneConfig, FinetuneOptions, build_trainer
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
-def _time_trainer(policy: str, data: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def _time_trainer(
+    policy: str, data: Path, mode: str, args: argparse.Namespace, spec: Any = "libero"
+) -> dict[str, Any]:
     config = FinetuneConfig(
         policy=policy,
         data=data,
+        dataset_spec=spec,
         out_dir=Path(tempfile.mkdtemp()),
         options=FinetuneOptions(mode=mode, steps=args.steps, batch_size=args.batch_size),
         progress=False,
@@ -85,9 +88,33 @@ def bench_octo_pt(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+#: the robomimic fixture observes joint_states and gripper_states and raw LIBERO frames.
+ROBOMIMIC_SPEC = {
+    "base": "libero",
+    "name": "libero_robomimic",
+    "proprio_keys": ["obs/joint_states", "obs/gripper_states"],
+    "proprio_dims": [7, 2],
+    "model_orientation": "raw",
+    "gripper_for_model": "libero",
+}
+
+
+def bench_diffusion(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The tiny robomimic diffusion policy (``?device=cuda`` is not a finetune option: the
+    trainer runs on CPU), head_only (UNet) and full (encoders too)."""
+    policy = f"diffusion:{FIXTURES / 'robomimic_dp_tiny' / 'model.pth'}"
+    rows = [
+        _time_trainer(policy, data, mode, args, ROBOMIMIC_SPEC) for mode in ("head_only", "full")
+    ]
+    for row in rows:
+        row["device"] = "cpu"
+    return rows
+
+
 BENCHES: dict[str, Callable[[Path, argparse.Namespace], list[dict[str, Any]]]] = {
     "octo_jax": bench_octo_jax,
     "octo_pt": bench_octo_pt,
+    "diffusion": bench_diffusion,
 }
 
 

@@ -78,6 +78,12 @@ class _Model:
     statistics: dict[str, Any]
     directory: Path | None
     gripper: str = "octo"
+    family: str = ""
+    resize: str = "lanczos3, as Octo"
+    #: the --policy options that change window and horizon when finetuning.
+    horizon_options: str = "?window_size=N / ?action_horizon=N"
+    #: the diffusion policy's config, for routing data keys to checkpoint keys.
+    diffusion_config: Any = None
 
 
 def _octo_model(path: str, options: dict[str, str], findings: list[Finding]) -> _Model:
@@ -158,6 +164,87 @@ def _statistics_dim(stats: dict[str, Any], key: str | None) -> int | None:
         return None
 
 
+def _diffusion_model(path: str, options: dict[str, str], findings: list[Finding]) -> _Model:
+    """A robomimic/DROID diffusion policy: its weights, cameras, horizons, normalization."""
+    from evalharness.policies.common.compat import CheckpointMismatchError
+    from evalharness.policies.diffusion.checkpoint import load_checkpoint
+    from evalharness.policies.diffusion.keymap import STANDARD_SOURCES
+
+    trust = options.get("trust", "false").lower() in ("1", "true", "yes", "on")
+    try:
+        loaded = load_checkpoint(path, trust=trust)
+    except CheckpointMismatchError as exc:
+        findings.append(
+            Finding(
+                "error",
+                "weights",
+                exc.report.format(),
+                "restore the config stored in the .pth, or load with ?strict=false",
+            )
+        )
+        loaded = load_checkpoint(path, trust=trust, strict=False)
+    else:
+        findings.append(
+            Finding(
+                "ok",
+                "weights",
+                f"all {len(loaded.report.loaded)} tensors fit the config ({loaded.weights})",
+            )
+        )
+    config = loaded.config
+    if all(key.scale is not None for key in config.action_keys):
+        findings.append(Finding("ok", "statistics", "action_normalization_stats present"))
+    else:
+        findings.append(
+            Finding(
+                "warning",
+                "statistics",
+                f"{path} has no action_normalization_stats: actions come out normalized",
+                "use a checkpoint saved by robomimic's train.py or evalharness finetune",
+            )
+        )
+    images: dict[str, tuple[int, int]] = {}
+    for key in config.visual:
+        source = STANDARD_SOURCES.get(key)
+        shape = config.obs_shapes[key]
+        images[source.key if source else key] = (int(shape[1]), int(shape[2]))
+    return _Model(
+        image_sizes=images,
+        lowdim={},
+        window_size=config.observation_horizon,
+        action_horizon=config.prediction_horizon,
+        action_dim=config.action_dim,
+        needs_language=False,
+        statistics={},
+        directory=Path(path).parent,
+        gripper="libero",
+        family="diffusion",
+        resize="bilinear, antialiased, as robomimic",
+        horizon_options="?observation_horizon=N / ?prediction_horizon=N / ?action_horizon=N",
+        diffusion_config=config,
+    )
+
+
+def _check_diffusion_keys(model: _Model, dataset: Any, first: Any, findings: list[Finding]) -> None:
+    """Which data array feeds each checkpoint observation key (the finetune's routing)."""
+    from evalharness.policies.diffusion.train import route_observations
+
+    proprio = int(np.shape(first["proprio"])[-1]) if "proprio" in first else None
+    routes, dropped = route_observations(model.diffusion_config, dataset.spec, list(first), proprio)
+    for key, route in routes.items():
+        findings.append(Finding("ok", "observation keys", f"{key} ← data {route.describe()}"))
+    if dropped:
+        findings.append(
+            Finding(
+                "warning",
+                "observation keys",
+                f"the checkpoint reads {dropped}, which the data (spec {dataset.spec.name!r}) "
+                "does not hold: finetuning drops them",
+                "name them in the spec: proprio_keys (e.g. obs/joint_states) with proprio_dims",
+            )
+        )
+
+
 def _spec_model(policy: str) -> _Model:
     from evalharness.policies import load_policy
 
@@ -218,11 +305,14 @@ def _check_data(
                     "info",
                     "image sizes",
                     f"{key}: data {stored[0]}×{stored[1]}, model {size[0]}×{size[1]}",
-                    "none needed: the trainer resizes (lanczos3); or set image_sizes in the spec",
+                    f"none needed: the trainer resizes ({model.resize}); or set image_sizes in "
+                    "the spec",
                 )
             )
         else:
             findings.append(Finding("ok", "image sizes", f"{key}: {size[0]}×{size[1]}"))
+    if model.family == "diffusion":
+        _check_diffusion_keys(model, dataset, first, findings)
     extra = [k for k in first if k.startswith("image_") and k not in model.image_sizes]
     if extra:
         findings.append(
@@ -263,8 +353,8 @@ def _check_data(
             "window / horizon",
             f"model window {model.window_size}, action horizon {model.action_horizon}; "
             "finetuning cuts data windows to match",
-            "change them with ?window_size=N / ?action_horizon=N on --policy (fresh weights "
-            "where shapes change)",
+            f"change them with {model.horizon_options} on --policy (fresh weights where "
+            "shapes change)",
         )
     )
     if model.needs_language and not str(first.get("language_instruction", "")).strip():
@@ -278,7 +368,16 @@ def _check_data(
         )
     gripper = np.asarray(first["action"])[:, -1]
     model_gripper = Gripper.parse(model.gripper) if model.gripper != "none" else None
-    if model_gripper is not None and spec.gripper_for_model != model_gripper:
+    if model.family == "diffusion":
+        findings.append(
+            Finding(
+                "ok",
+                "gripper",
+                f"{spec.gripper_in_file.value} in the file; the diffusion trainer converts "
+                f"{spec.gripper_for_model.value} → libero (−1 open, +1 close)",
+            )
+        )
+    elif model_gripper is not None and spec.gripper_for_model != model_gripper:
         findings.append(
             Finding(
                 "error",
@@ -350,7 +449,7 @@ def _check_env(
                     "env image size",
                     f"{key}: env renders {protocol.camera_size}² ({protocol.name}), model takes "
                     f"{size[0]}×{size[1]}",
-                    "none needed: the policy resizes (lanczos3, as Octo)",
+                    f"none needed: the policy resizes ({model.resize})",
                 )
             )
     for key, dim in model.lowdim.items():
@@ -423,6 +522,8 @@ def doctor(
     try:
         if ref.name in OCTO_FAMILIES and ref.path:
             model = _octo_model(ref.path, dict(ref.options), findings)
+        elif ref.name == "diffusion" and ref.path:
+            model = _diffusion_model(ref.path, dict(ref.options), findings)
         else:
             model = _spec_model(policy)
     except (ValueError, FileNotFoundError) as exc:

@@ -51,6 +51,12 @@ registered. The contract, which the driver relies on and tests check for ``octo_
    state, RNG and step, so that ``--resume`` continues exactly.
 6. ``trainer.family`` (the policy name), ``trainer.changes`` (plain-language list of config
    edits made for the data, may be empty) and ``trainer.frozen_keys()`` (frozen parameter names).
+7. Optionally ``trainer.input_orientation``: the orientation of the camera frames the saved
+   policy expects at ``act()`` (``upright``, the env's frames, or ``raw``). Default: the
+   dataset spec's ``model_orientation`` (the model saw the frames as the data layer reads
+   them). A family whose adapter turns frames itself (the diffusion policy shows LIBERO-named
+   cameras raw frames) trains on what its adapter shows and says ``upright``. The driver writes
+   it to ``dataset_spec.json`` as ``evaluation_orientation``; ``load_policy`` reads it back.
 
 Learning rate: AdamW with a linear warmup from 0 to ``learning_rate`` over ``warmup_steps``,
 then cosine decay to 0 at ``steps`` (upstream Octo's finetune schedule), weight decay 0.01 on
@@ -74,6 +80,7 @@ from typing import Any, Protocol, runtime_checkable
 from evalharness.data import DatasetSpec, open_dataset, write_statistics
 from evalharness.data.dataset import Dataset
 from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.registry import EVALUATION_ORIENTATION
 
 __all__ = [
     "DataRequest",
@@ -168,6 +175,7 @@ TrainerFactory = Callable[[str, Dataset, FinetuneOptions], Trainer]
 _TRAINERS: dict[str, TrainerFactory | str] = {
     "octo_jax": "evalharness.policies.octo_jax.train:from_pretrained",
     "octo_pt": "evalharness.policies.octo_pt.train:from_pretrained",
+    "diffusion": "evalharness.policies.diffusion.train:from_pretrained",
 }
 
 
@@ -367,7 +375,11 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
         say(f"  changed for the data: {change}")
     report.write_json(out / REPORT_JSON)
     write_statistics(dataset.statistics(), out)
-    (out / SPEC_JSON).write_text(json.dumps(dataset.spec.to_dict(), indent=2) + "\n")
+    spec_record = dataset.spec.to_dict()
+    spec_record[EVALUATION_ORIENTATION] = getattr(
+        trainer, "input_orientation", dataset.spec.model_orientation
+    )
+    (out / SPEC_JSON).write_text(json.dumps(spec_record, indent=2) + "\n")
 
     start = 0
     if config.resume:

@@ -126,6 +126,8 @@ def load_policy(text: str, suite: str | None = None) -> Policy:
 
 #: what `evalharness finetune` writes beside a checkpoint (`evalharness.finetune.SPEC_JSON`).
 DATASET_SPEC_JSON = "dataset_spec.json"
+#: its entry for the frame orientation the finetuned policy expects at `act()`.
+EVALUATION_ORIENTATION = "evaluation_orientation"
 
 
 def dataset_spec_file(path: str | None) -> Path | None:
@@ -147,8 +149,9 @@ def dataset_spec_file(path: str | None) -> Path | None:
 
 
 def training_orientation(path: str | None) -> str | None:
-    """``raw`` or ``upright``: the image orientation the model at ``path`` was finetuned on
-    (the dataset spec's ``model_orientation``), or None for a checkpoint without a spec."""
+    """``raw`` or ``upright``: the frame orientation the model at ``path`` was finetuned to
+    expect at ``act()`` (``evaluation_orientation``, written by the finetune driver; older
+    files: the dataset spec's ``model_orientation``), or None for a checkpoint without one."""
     file = dataset_spec_file(path)
     if file is None:
         return None
@@ -156,10 +159,13 @@ def training_orientation(path: str | None) -> str | None:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file}: not readable JSON ({exc})") from None
-    orientation = data.get("model_orientation", "upright") if isinstance(data, dict) else None
+    key = EVALUATION_ORIENTATION
+    if isinstance(data, dict) and key not in data:
+        key = "model_orientation"
+    orientation = data.get(key, "upright") if isinstance(data, dict) else None
     if orientation not in ("upright", "raw"):
         raise CheckpointError(
-            f"{file}: model_orientation is {orientation!r}; expected 'upright' or 'raw' (the "
+            f"{file}: {key} is {orientation!r}; expected 'upright' or 'raw' (the "
             "orientation of the frames the model was finetuned on)"
         )
     return str(orientation)

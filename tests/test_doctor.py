@@ -67,3 +67,37 @@ def test_doctor_flags_a_gripper_convention_disagreement(tmp_path):
     gripper = [f for f in findings if f.topic == "gripper"]
     assert gripper and gripper[0].severity == "error"
     assert "?gripper=libero" in gripper[0].fix
+
+
+DIFFUSION = FIXTURE.parent / "robomimic_dp_tiny" / "model.pth"
+
+
+@pytest.mark.skipif(not DIFFUSION.is_file(), reason="robomimic fixture not present")
+def test_doctor_routes_diffusion_keys_and_names_the_ones_the_data_lacks(tmp_path):
+    pytest.importorskip("torch")
+    data = write_tiny_libero_hdf5(tmp_path / "d_demo.hdf5", num_demos=1, steps=4, image_size=16)
+    findings = doctor(f"diffusion:{DIFFUSION}", str(data), "libero", "libero_spatial")
+    messages = {f.message: f for f in findings}
+    weights = next(f for f in findings if f.topic == "weights")
+    assert (weights.severity, weights.message) == ("ok", "all 204 tensors fit the config (ema)")
+    assert "agentview_rgb ← data image_primary rotated 180°" in messages
+    assert "gripper_states ← data proprio[..., 6:8]" in messages
+    dropped = [f for f in findings if "joint_states" in f.message]
+    assert dropped[0].severity == "warning" and "proprio_keys" in dropped[0].fix
+    horizon = next(f for f in findings if f.topic == "window / horizon")
+    assert "?observation_horizon=N" in horizon.fix
+    assert not [f for f in findings if f.severity == "error"]
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "base": "libero",
+                "name": "robomimic",
+                "proprio_keys": ["obs/joint_states", "obs/gripper_states"],
+                "proprio_dims": [7, 2],
+            }
+        )
+    )
+    findings = doctor(f"diffusion:{DIFFUSION}", str(data), str(spec))
+    assert "joint_states ← data proprio[..., 0:7]" in {f.message for f in findings}
+    assert not [f for f in findings if f.severity in ("warning", "error")]

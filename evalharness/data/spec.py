@@ -232,6 +232,7 @@ class DatasetSpec:
             raise DatasetError(f"a dataset spec must be a mapping, got {type(data).__name__}")
         data = dict(data)
         derived = {k: data.pop(k) for k in ("image_transform", "eval_image_transform") if k in data}
+        data.pop("evaluation_orientation", None)  # the finetune driver's note, not a field
         base = data.pop("base", None)
         _check_keys(data, str(data.get("name", base or "<user spec>")))
         if base is not None:

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from evalharness.data.rlds import write_rlds
+from evalharness.envs.rotations import rotate180
 
 TARGET = np.array([0.1, -0.1, 0.05])
 MARKER = np.array([255, 0, 0], dtype=np.uint8)
@@ -111,8 +112,8 @@ def write_tiny_libero_hdf5(
             demo = data.create_group(f"demo_{i}")
             obs = demo.create_group("obs")
             # LIBERO keeps frames as rendered (upside down): store the 180° rotation.
-            obs["agentview_rgb"] = traj["image_primary"][:, ::-1, ::-1]
-            obs["eye_in_hand_rgb"] = traj["image_wrist"][:, ::-1, ::-1]
+            obs["agentview_rgb"] = rotate180(traj["image_primary"])
+            obs["eye_in_hand_rgb"] = rotate180(traj["image_wrist"])
             obs["ee_pos"] = traj["pos"]
             obs["ee_ori"] = traj["rot"]
             obs["ee_states"] = np.concatenate([traj["pos"], traj["rot"]], axis=1)

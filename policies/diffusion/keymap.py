@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalharness.envs.rotations import rotate180
 from evalharness.policies.common.rotations import (
     axis_angle_to_matrix,
     matrix_to_euler,
@@ -118,7 +119,7 @@ def gather(obs: Mapping[str, np.ndarray], key: str, source: ObsSource) -> np.nda
     if source.start is not None or source.stop is not None:
         value = value[..., source.start : source.stop]
     if source.flip:
-        value = value[..., ::-1, ::-1, :]
+        value = rotate180(value)
     if source.transform is not None:
         value = TRANSFORMS[source.transform](value.astype(np.float64))
     return value
