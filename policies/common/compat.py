@@ -18,6 +18,11 @@ this config 430 = 32 + 384 + 7 × 2 → action_horizon changed 4 → 2".
 
 Strict loading (the default everywhere) refuses any report that is not fully ``loaded`` or
 ``skipped``, raising :class:`CheckpointMismatchError` whose message is the report itself.
+
+Corruption is checked before any of that and refused even with ``strict=False``:
+:func:`check_finite` (NaN/inf weights) where each family reads its weights file, and
+:func:`check_dtypes` (an int32 or string where a float32 kernel belongs) against the model's
+tensors. Floats of another width are cast to the model's dtype by every loader.
 """
 
 from __future__ import annotations
@@ -345,13 +350,137 @@ def matching(keys: Iterable[str], patterns: Iterable[str]) -> list[str]:
     return [k for k in keys if any(c.search(k) for c in compiled)]
 
 
+def _checkable(value: Any) -> np.ndarray | None:
+    """`value` as a numpy array numpy can test for finiteness, or None when it holds no floats."""
+    if hasattr(value, "detach"):  # a torch tensor; compat stays importable without torch
+        tensor = value.detach().cpu()
+        if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+            return None
+        if dtype_name(tensor.dtype) not in ("float16", "float32", "float64") and not (
+            tensor.dtype.is_complex
+        ):
+            tensor = tensor.float()  # bfloat16 / float8 have no numpy dtype; float32 holds them
+        return np.asarray(tensor.numpy())
+    dtype = _dtype_of(value)
+    if dtype is None or dtype_category(dtype) not in ("float", "other"):
+        return None
+    array = np.asarray(value)
+    if array.dtype.kind in "fc":
+        return array
+    if dtype_category(array.dtype) == "float":  # ml_dtypes' bfloat16 / float8 (numpy kind 'V')
+        return array.astype(np.float32)
+    return None
+
+
 def check_finite(params: Mapping[str, Any], source: str) -> None:
-    """Refuse checkpoints with NaN or inf weights, naming the first bad tensor."""
+    """Refuse checkpoints with NaN or inf weights, naming the file, tensor, count and first index.
+
+    `params` maps names to numpy arrays (any float width, ml_dtypes' bfloat16 included) or torch
+    tensors; integer, bool and non-array entries are not checked.
+    """
     for key, value in params.items():
-        array = np.asarray(value)
-        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise CheckpointError(
-                f"{source}: tensor {key!r} {array.shape} holds {bad} NaN/inf value(s); "
-                "the checkpoint is corrupted or was saved after training diverged"
-            )
+        array = _checkable(value)
+        if array is None:
+            continue
+        finite = np.isfinite(array)
+        if finite.all():
+            continue
+        bad = int(finite.size - np.count_nonzero(finite))
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise CheckpointError(
+            f"{source}: tensor {key!r} {array.shape} holds {bad} NaN/inf value(s) "
+            f"(first {array[first].item()!r} at index {first}); expected finite weights — the "
+            "checkpoint is corrupted or was saved after training diverged"
+        )
+
+
+#: What a checkpoint tensor may be for the model tensor it loads into: the same category.
+DTYPE_CATEGORIES = ("float", "integer", "bool", "other")
+_CATEGORY_WORDS = {
+    "float": "a floating-point dtype",
+    "integer": "an integer dtype",
+    "bool": "a bool dtype",
+    "other": "a non-numeric dtype",
+}
+
+
+def _dtype_of(value: Any) -> Any:
+    """The dtype of an array, tensor or ShapeDtypeStruct, a dtype itself, or None."""
+    if isinstance(value, np.dtype):
+        return value
+    if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
+        return value
+    if isinstance(value, bool):
+        return np.dtype(bool)
+    if isinstance(value, (int, float)):
+        return np.asarray(value).dtype
+    return getattr(value, "dtype", None)
+
+
+def dtype_name(dtype: Any) -> str:
+    """``float32``, ``bfloat16``, ``int64``, ``<U5``, ``object``, … for numpy and torch dtypes."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_category(dtype: Any) -> str:
+    """``"float"``, ``"integer"``, ``"bool"`` or ``"other"`` (object, str, complex, quantized).
+
+    Decided by name, because ml_dtypes' ``bfloat16`` (what JAX checkpoints hold) has numpy kind
+    ``'V'``, and torch dtypes have no numpy kind at all.
+    """
+    name = dtype_name(dtype)
+    if name.startswith(("float", "bfloat")):
+        return "float"
+    if name.startswith(("int", "uint")):
+        return "integer"
+    if name == "bool":
+        return "bool"
+    return "other"
+
+
+def check_dtypes(
+    checkpoint: Mapping[str, Any],
+    model: Mapping[str, Any],
+    source: str,
+    key_map: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse a checkpoint tensor whose dtype category differs from its model tensor's.
+
+    `checkpoint` maps names to arrays or tensors (any other value is "other": a string where a
+    kernel belongs); `model` maps model keys to arrays, tensors, ``ShapeDtypeStruct`` values or
+    dtypes. `key_map` maps a model key to its checkpoint key where the names differ. Keys on
+    one side only are :func:`compare_shapes`' business and are not looked at here.
+
+    Categories are float (float16/32/64, bfloat16, float8), integer, bool and other. A float
+    of another width is accepted: every loader casts it to the model's dtype (float64 or
+    bfloat16 weights load into a float32 model). Anything else — an int32 array or a string
+    where a float32 kernel belongs, a float where torch keeps an int64 ``num_batches_tracked``
+    — is corruption, not a config mismatch, so this raises :class:`CheckpointError` naming the
+    file, key, shape, found and expected dtype, with ``strict=False`` too.
+    """
+    key_map = key_map or {}
+    for key, target in model.items():
+        src = key_map.get(key, key)
+        if src not in checkpoint:
+            continue
+        value = checkpoint[src]
+        found, expected = _dtype_of(value), _dtype_of(target)
+        if expected is None:
+            raise TypeError(f"model entry {key!r} is a {type(target).__name__}, not a tensor")
+        found_category = "other" if found is None else dtype_category(found)
+        expected_category = dtype_category(expected)
+        if found_category == expected_category:
+            continue
+        shape = getattr(value, "shape", None)
+        shown = "" if shape is None else f" {tuple(int(d) for d in shape)}"
+        found_text = (
+            f"is a {type(value).__name__}, not an array"
+            if found is None
+            else f"has dtype {dtype_name(found)}"
+        )
+        model_key = f" (model tensor {key!r})" if src != key else ""
+        raise CheckpointError(
+            f"{source}: tensor {src!r}{shown}{model_key} {found_text}; expected "
+            f"{_CATEGORY_WORDS[expected_category]} (the model's is {dtype_name(expected)}) — "
+            "the weights file is corrupted or was not written for this model"
+        )

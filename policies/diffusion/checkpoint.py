@@ -14,11 +14,12 @@ Loading steps:
    (``backbone.*`` <-> ``nets.0.*``, ``pool.*`` <-> ``nets.1.*``) when a file holds only one.
 3. Build the model from the config (UNet sizes from the weights) and compare shapes with the
    shared compatibility report; strict by default, ``strict=False`` loads what fits.
+   Corrupted weights (NaN/inf, a non-float tensor where a float one belongs) are refused
+   either way, naming the file and key; float64/float16 weights are cast to float32.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import torch
 from evalharness.policies.common.compat import (
     CheckpointError,
     CompatibilityReport,
+    check_dtypes,
+    check_finite,
     compare_shapes,
 )
 from evalharness.policies.diffusion.config import DiffusionPolicyConfig
@@ -53,25 +56,57 @@ TRUST_OPTION = "trust=true"
 _OBS_NET = re.compile(r"^(policy\.obs_encoder\.nets\.obs\.obs_nets\.[^.]+\.)(.*)$")
 
 
+#: Words in torch's refusal that mean "a class or function must be unpickled", which `trust`
+#: allows; any other failure means the bytes are not a torch checkpoint.
+_NEEDS_UNPICKLING = ("GLOBAL", "add_safe_globals", "legacy .tar format")
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (its WeightsUnpickler detail when it has one)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return detail or (lines[i + 1] if i + 1 < len(lines) else line)
+        if "GLOBAL" in line:
+            return line
+    if not lines:
+        return type(exc).__name__
+    first = lines[0].split(". ", 1)[0].rstrip(".")  # torch appends paragraphs of advice
+    return f"{type(exc).__name__}: {first}"
+
+
 def read_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """``torch.load`` a ``.pth`` onto the CPU, refusing pickled code unless `trust` is set."""
+    """``torch.load`` a ``.pth`` onto the CPU, refusing pickled code unless `trust` is set.
+
+    A truncated or corrupted file raises :class:`CheckpointError` naming it (and never
+    suggests `trust`: only a file that names classes or functions to unpickle needs that).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"diffusion checkpoint {str(path)!r} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from None
+    except Exception as exc:
+        if not any(word in str(exc) for word in _NEEDS_UNPICKLING):
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint ({_reason(exc)}); the file is "
+                f"truncated or corrupted ({path.stat().st_size} bytes) — copy or save it again"
+            ) from None
         if not trust:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"{path} needs arbitrary unpickling to load (torch.load(weights_only=True) "
-                f"refused it: {reason}). Unpickling can run code from the file; if you trust "
-                f"where it comes from, pass the policy option ?{TRUST_OPTION} "
+                f"refused it: {_reason(exc)}). Unpickling can run code from the file; if you "
+                f"trust where it comes from, pass the policy option ?{TRUST_OPTION} "
                 f"(e.g. diffusion:{path}?{TRUST_OPTION})."
             ) from None
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint even unpickled with "
+                f"?{TRUST_OPTION} ({_reason(exc)}); the file is truncated or corrupted"
+            ) from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         raise CheckpointError(
             f"{path}: expected robomimic's checkpoint dict with a 'model' entry, got "
@@ -100,7 +135,8 @@ def canonical_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tenso
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+                f"state dict entry {key!r} is a {type(value).__name__}, not a tensor; expected "
+                "a float tensor (int64 for BatchNorm's num_batches_tracked)"
             )
         name = ".".join(part for part in key.split(".") if part != "module")
         if name in out:
@@ -169,6 +205,12 @@ def load_weights(
     `state_dict` uses canonical keys. `key_map` maps model keys to checkpoint keys where they
     differ (e.g. a camera renamed for transfer). Strict loading raises
     ``CheckpointMismatchError`` (naming every leaf) unless everything loads.
+
+    Corrupted weights raise :class:`CheckpointError` naming `source` and the key, strict or
+    not: NaN/inf values, or a dtype of another category than the model's tensor (an int or
+    complex tensor where a float one belongs; BatchNorm's int64 ``num_batches_tracked`` is an
+    integer on both sides). Floats of another width (float64, float16) are cast by ``copy_``
+    to the model's dtype.
     """
     model_state = nets.state_dict()
     mapping = dict(key_map or {})
@@ -178,6 +220,8 @@ def load_weights(
             alias = _alias(src)
             if alias is not None and alias in state_dict:
                 mapping[key] = alias
+    check_finite(state_dict, source)
+    check_dtypes(state_dict, model_state, source, key_map=mapping)
     report = compare_shapes(
         {k: tuple(v.shape) for k, v in state_dict.items()},
         {k: tuple(v.shape) for k, v in model_state.items()},
@@ -224,7 +268,10 @@ def load_checkpoint(
     source = str(path)
     ckpt = read_checkpoint_file(path, trust=trust)
     raw, which = select_weights(ckpt["model"], source, use_ema)
-    state = canonical_state_dict(raw)
+    try:
+        state = canonical_state_dict(raw)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source} [{which}]: {exc}") from None
     own = DiffusionPolicyConfig.from_checkpoint(ckpt, state, source) if config is None else config
     nets = build_nets(own)
     report = load_weights(nets, state, strict=strict, source=f"{source} [{which}]", key_map=key_map)

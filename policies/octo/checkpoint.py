@@ -16,16 +16,17 @@ own checkpoints in the aggregate layout, which every version of Octo and evalhar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from evalharness.policies.common.compat import CheckpointError, flatten_tree
+from evalharness.policies.common.compat import CheckpointError, check_finite, flatten_tree
 
 HF_PREFIX = "hf://"
 _NDARRAY, _COMPLEX, _NPSCALAR = 1, 2, 3
@@ -52,9 +53,17 @@ KNOWN_MODULES: dict[str, frozenset[str]] = {
 # flax msgpack codec
 
 
-def _array_from_bytes(data: bytes, source: str) -> np.ndarray:
+class _Packed(NamedTuple):
+    """An array still in its msgpack ext payload, decoded once its key path is known."""
+
+    code: int
+    payload: bytes
+
+
+def _array_from_bytes(data: bytes, source: str, key: str = "") -> np.ndarray:
     import msgpack
 
+    what = f"array {key!r}" if key else "an array"
     shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
     name = dtype_name.decode() if isinstance(dtype_name, bytes) else str(dtype_name)
     if name == "bfloat16":
@@ -66,22 +75,86 @@ def _array_from_bytes(data: bytes, source: str) -> np.ndarray:
             ) from exc
         dtype = np.dtype(ml_dtypes.bfloat16)
     else:
-        dtype = np.dtype(name)
-    return np.frombuffer(buffer, dtype=dtype).reshape(tuple(shape))
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            raise CheckpointError(
+                f"{source}: {what} {tuple(shape)} has dtype {name!r}, which numpy cannot read; "
+                "expected numeric weights (float32, bfloat16, …) — the file is corrupted or was "
+                "not written by flax"
+            ) from None
+    shape = tuple(int(d) for d in shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(buffer) != expected:
+        raise CheckpointError(
+            f"{source}: {what} {shape} {dtype.name} should hold {expected} bytes but holds "
+            f"{len(buffer)}; the file is corrupted"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def _unchunk(tree: Any) -> Any:
+def _decode(tree: Any, source: str, key: str = "") -> Any:
+    """Decode every :class:`_Packed` array, joining chunked ones, so errors name the key."""
+    if isinstance(tree, _Packed):
+        try:
+            array = _array_from_bytes(tree.payload, source, key)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # a mangled ext payload: msgpack or numpy complains
+            raise CheckpointError(
+                f"{source}: array {key!r} cannot be decoded ({type(exc).__name__}: {exc}); "
+                "the file is corrupted"
+            ) from exc
+        return array[()] if tree.code == _NPSCALAR else array
     if isinstance(tree, dict):
         if _CHUNKED in tree:
-            chunks = [tree["chunks"][k] for k in sorted(tree["chunks"], key=int)]
+            chunks = [
+                _decode(tree["chunks"][k], source, f"{key}/chunks/{k}")
+                for k in sorted(tree["chunks"], key=int)
+            ]
             shape = tuple(tree["shape"][k] for k in sorted(tree["shape"], key=int))
             return np.concatenate(chunks).reshape(shape)
-        return {k: _unchunk(v) for k, v in tree.items()}
+        return {k: _decode(v, source, f"{key}/{k}" if key else str(k)) for k, v in tree.items()}
     return tree
 
 
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
+def _where_reading_stops(data: bytes) -> tuple[str, int]:
+    """The key path and byte offset at which a msgpack tree stops decoding (for the message)."""
+    import msgpack
+
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=False,
+        ext_hook=lambda code, payload: None,
+        max_buffer_size=max(len(data), 1),
+    )
+    unpacker.feed(data)
+    path: list[str] = []
+
+    def walk() -> None:
+        offset = unpacker.tell()
+        if offset < len(data) and data[offset] in _MAP_HEADERS:
+            for _ in range(unpacker.read_map_header()):
+                path.append(str(unpacker.unpack()))
+                walk()
+                path.pop()
+        else:
+            unpacker.skip()
+
+    with contextlib.suppress(Exception):  # stopping is what we are looking for
+        walk()
+    return "/".join(path), int(unpacker.tell())
+
+
 def msgpack_restore(data: bytes, source: str = "msgpack data") -> dict[str, Any]:
-    """Decode flax's msgpack serialization (``flax.serialization.msgpack_restore``) to numpy."""
+    """Decode flax's msgpack serialization (``flax.serialization.msgpack_restore``) to numpy.
+
+    A truncated or corrupted file raises :class:`CheckpointError` naming `source`, the key
+    being read where decoding stopped and the byte offset.
+    """
     try:
         import msgpack
     except ImportError as exc:  # pragma: no cover - msgpack is in both extras
@@ -90,10 +163,8 @@ def msgpack_restore(data: bytes, source: str = "msgpack data") -> dict[str, Any]
         ) from exc
 
     def ext_hook(code: int, payload: bytes) -> Any:
-        if code == _NDARRAY:
-            return _array_from_bytes(payload, source)
-        if code == _NPSCALAR:
-            return _array_from_bytes(payload, source)[()]
+        if code in (_NDARRAY, _NPSCALAR):
+            return _Packed(code, payload)
         if code == _COMPLEX:
             real, imag = msgpack.unpackb(payload)
             return complex(real, imag)
@@ -102,15 +173,27 @@ def msgpack_restore(data: bytes, source: str = "msgpack data") -> dict[str, Any]
     try:
         tree = msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
     except Exception as exc:
+        key, offset = _where_reading_stops(data)
+        where = f"; reading stopped in {key!r}" if key else "; reading stopped"
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{source}: not a readable flax msgpack file ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupted — download or copy it again"
+            f"{source}: not a readable flax msgpack file ({error}){where} "
+            f"at byte {offset} of {len(data)} — the file is truncated or corrupted; download "
+            "or copy it again"
         ) from exc
     if not isinstance(tree, dict):
         raise CheckpointError(
             f"{source}: expected a msgpack map at top level, got {type(tree).__name__}"
         )
-    return _unchunk(tree)
+    try:
+        return _decode(tree, source)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"{source}: an array cannot be decoded ({type(exc).__name__}: {exc}); the file is "
+            "corrupted"
+        ) from exc
 
 
 def msgpack_serialize(tree: Mapping[str, Any]) -> bytes:
@@ -237,8 +320,8 @@ def check_module_specs(config: Mapping[str, Any], source: str) -> None:
         walk(config["text_processor"], "text_processor")
 
 
-def read_params(directory: Path, step: int) -> dict[str, Any]:
-    """The nested parameter tree (numpy) saved at ``<directory>/<step>``."""
+def params_path(directory: Path, step: int) -> Path:
+    """The file (aggregate msgpack) or folder (current orbax) holding the parameters of a step."""
     step_dir = directory / str(step)
     if not step_dir.is_dir():
         steps = available_steps(directory)
@@ -253,9 +336,22 @@ def read_params(directory: Path, step: int) -> dict[str, Any]:
             )
         item = items[0]
     aggregate = item / "checkpoint"
-    if aggregate.is_file():
-        return msgpack_restore(aggregate.read_bytes(), source=str(aggregate))
-    return _read_with_orbax(item)
+    return aggregate if aggregate.is_file() else item
+
+
+def read_params(directory: Path, step: int) -> dict[str, Any]:
+    """The nested parameter tree (numpy) saved at ``<directory>/<step>``.
+
+    Refuses (:class:`CheckpointError`, naming the file and key) a truncated or corrupted file
+    and NaN/inf weights, for every Octo family at once.
+    """
+    path = params_path(directory, step)
+    if path.is_file():
+        params = msgpack_restore(path.read_bytes(), source=str(path))
+    else:
+        params = _read_with_orbax(path)
+    check_finite(flatten_tree(params), str(path))
+    return params
 
 
 def _read_with_orbax(item: Path) -> dict[str, Any]:
@@ -302,6 +398,11 @@ class OctoCheckpoint:
     @property
     def name(self) -> str:
         return f"{self.directory} (step {self.step})"
+
+    @property
+    def params_file(self) -> Path:
+        """Where the parameters were read from (for messages that name the file)."""
+        return params_path(self.directory, self.step)
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> OctoCheckpoint:

@@ -26,6 +26,7 @@ import numpy as np
 from evalharness.policies.common.compat import (
     CheckpointError,
     CompatibilityReport,
+    check_dtypes,
     compare_shapes,
     flatten_tree,
     merge_params,
@@ -71,13 +72,18 @@ def build_module(config: OctoConfig, t5: T5EncoderConfig | None) -> OctoModule:
     return OctoModule(config.model, t5)
 
 
-def param_shapes(module: OctoModule, example_batch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Flattened parameter shapes of ``module`` on the example batch, without computing anything."""
+def _param_structs(module: OctoModule, example_batch: dict[str, Any]) -> dict[str, Any]:
+    """Flattened ``ShapeDtypeStruct`` of every parameter, without computing anything."""
     obs, task, pad = _init_args(example_batch)
-    shapes = jax.eval_shape(
+    structs = jax.eval_shape(
         lambda: module.init(jax.random.PRNGKey(0), obs, task, pad, train=False)
     )["params"]
-    return {k: tuple(v.shape) for k, v in flatten_tree(shapes).items()}
+    return flatten_tree(structs)
+
+
+def param_shapes(module: OctoModule, example_batch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Flattened parameter shapes of ``module`` on the example batch, without computing anything."""
+    return {k: tuple(v.shape) for k, v in _param_structs(module, example_batch).items()}
 
 
 def init_params(module: OctoModule, example_batch: dict[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -119,7 +125,10 @@ def load_octo(
     """Load ``path`` (a directory or ``hf://org/name``) at ``step`` (default: the latest).
 
     Raises :class:`~evalharness.policies.common.compat.CheckpointMismatchError` (its message
-    is the compatibility report) when strict and anything does not fit.
+    is the compatibility report) when strict and anything does not fit, and
+    :class:`~evalharness.policies.common.compat.CheckpointError` naming the file and key for
+    corrupted weights (unreadable file, NaN/inf, a dtype that is not a float), strict or not.
+    Float weights of another width (bfloat16, float64) are cast to the model's float32.
     """
     ckpt = load_checkpoint(path, step)
     source = str(ckpt.directory / "config.json")
@@ -130,13 +139,16 @@ def load_octo(
     t5 = _t5_config(ckpt, config, hf_config)
     module = build_module(config, t5)
     try:
-        shapes = param_shapes(module, ckpt.example_batch)
+        structs = _param_structs(module, ckpt.example_batch)
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(
             f"{ckpt.name}: cannot build the model from config.json on example_batch.msgpack "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+    shapes = {k: tuple(v.shape) for k, v in structs.items()}
+    dtypes = {k: np.dtype(v.dtype) for k, v in structs.items()}
     stored = ckpt.flat_params
+    check_dtypes(stored, dtypes, str(ckpt.params_file))
     report = compare_shapes(
         stored,
         shapes,
@@ -152,8 +164,8 @@ def load_octo(
         fresh = flatten_tree(init_params(module, ckpt.example_batch, seed))
         params = merge_params(stored, fresh, report)
     for key, value in params.items():
-        if value.dtype != np.float32 and value.dtype.kind == "f":
-            params[key] = value.astype(np.float32)
+        if value.dtype != dtypes[key]:  # same category (checked above), another width
+            params[key] = value.astype(dtypes[key])
     return LoadedOcto(module, unflatten_tree(params), config, inputs, ckpt, report, t5)
 
 

@@ -33,6 +33,8 @@ import torch
 from evalharness.policies.common.compat import (
     CheckpointError,
     CompatibilityReport,
+    check_dtypes,
+    check_finite,
     compare_shapes,
     mark_partial,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "LoadedOcto",
     "detect_format",
     "load_octo_pt",
+    "read_safetensors",
     "save_torch_checkpoint",
 ]
 
@@ -151,6 +154,54 @@ def _parse_config(raw: dict[str, Any], source: str) -> OctoConfig:
         raise CheckpointError(str(exc)) from None
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, refusing a truncated or corrupted file and NaN/inf.
+
+    Errors name the file and, for a truncated one, the first tensor whose bytes are cut off.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})"
+            f"{_safetensors_diagnosis(path)} — the file is truncated or corrupted; copy or "
+            "save it again"
+        ) from exc
+    check_finite(tensors, str(path))
+    return tensors
+
+
+def _safetensors_diagnosis(path: Path) -> str:
+    """Which tensor a damaged file cuts off, read from its JSON header; "" when unknown."""
+    data = path.read_bytes()
+    if len(data) < 8:
+        return f"; the file has {len(data)} bytes, fewer than the 8-byte header length"
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        return f"; its header claims {size} bytes but the file has {len(data)}"
+    try:
+        header = json.loads(data[8 : 8 + size])
+        entries = sorted(
+            (int(v["data_offsets"][0]), int(v["data_offsets"][1]), k, v)
+            for k, v in header.items()
+            if k != "__metadata__"
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "; its JSON header is unreadable"
+    available = len(data) - 8 - size
+    for begin, end, key, value in entries:
+        if end > available:
+            return (
+                f"; tensor {key!r} {tuple(value.get('shape', ()))} {value.get('dtype', '?')} "
+                f"needs data bytes [{begin}, {end}) but the file holds {available}"
+            )
+    if entries and entries[-1][1] < available:
+        return f"; {available - entries[-1][1]} unexpected bytes after the last tensor"
+    return ""
+
+
 def load_octo_pt(
     path: str | Path,
     *,
@@ -166,6 +217,11 @@ def load_octo_pt(
     ``config_overrides`` edits ``config["model"]`` before the model is built (nested dicts
     merge), e.g. ``{"heads": {"action": {"kwargs": {"action_horizon": 2}}}}``: the checkpoint
     is then loaded into that model and the report explains every mismatch.
+
+    Corrupted weights (an unreadable file, NaN/inf, a tensor whose dtype is not a float where
+    the model's is) raise :class:`CheckpointError` naming the file and key, with
+    ``strict=False`` too. Floats of another width (float64, bfloat16) are cast to the
+    model's dtype.
     """
     if step is not None and str(path).startswith(HF_PREFIX):
         raise CheckpointError(f"{path}: a step cannot be chosen for a hub checkpoint")
@@ -217,7 +273,7 @@ def _load_jax(
         non_strict=non_strict,
         strict=strict,
         explain=octo_explainer(config.model, inputs),
-        source=ckpt.name,
+        source=str(ckpt.params_file),
     )
     return LoadedOcto(
         model=model.eval(),
@@ -269,8 +325,6 @@ def _load_torch(
     non_strict: str | Sequence[str] | None,
     overrides: Mapping[str, Any] | None,
 ) -> LoadedOcto:
-    from safetensors.torch import load_file
-
     source = str(directory / "config.json")
     stored = shim_config(_read_json(directory / "config.json"))
     meta = stored.get("octo_pt") or {}
@@ -292,8 +346,9 @@ def _load_torch(
     t5 = T5EncoderConfig(**meta["t5"]) if meta.get("t5") else None
     model = build_octo_model(config.model, example_batch, t5)
     weights, chosen = _weights_path(directory, step)
-    tensors = load_file(str(weights))
+    tensors = read_safetensors(weights)
     state = model.state_dict()
+    check_dtypes(tensors, state, str(weights))
     skip_re, lax_re = compile_patterns(skip), compile_patterns(non_strict)
     skips = {
         k: "matches skip pattern: keeps its fresh initialization"
@@ -332,7 +387,7 @@ def _load_torch(
             [relaxed.get(e.key, e) for e in report.entries], report.source, report.target
         )
     check_report(report, strict)
-    with torch.no_grad():
+    with torch.no_grad():  # copy_ casts another float width to the parameter's dtype
         for entry in report.entries:
             if entry.key not in state:
                 continue

@@ -41,7 +41,9 @@ from evalharness.policies.common.compat import (
     CheckpointMismatchError,
     CompatibilityReport,
     LeafReport,
+    check_dtypes,
     compare_shapes,
+    dtype_category,
     mark_partial,
     overlap_copy,
 )
@@ -319,10 +321,22 @@ def load_jax_params(
     the report) unless every parameter is loaded or deliberately skipped. ``explain`` is the
     JAX family's callback (Flax names and layouts); it is called with the Flax path and the
     torch shapes mapped back, so both families explain a mismatch in the same words.
+
+    A leaf whose dtype is not a float (an int32 or a string where a kernel belongs) raises
+    :class:`~evalharness.policies.common.compat.CheckpointError` naming ``source`` and the
+    Flax path, strict or not; floats of another width (bfloat16, float64) are cast to the
+    parameter's dtype. NaN/inf weights are refused where the file is read
+    (:func:`~evalharness.policies.octo.checkpoint.read_params`).
     """
     mapping = jax_key_map(model, encoder_names)
     skip_re, lax_re = compile_patterns(skip), compile_patterns(non_strict)
     state = model.state_dict()
+    check_dtypes(
+        flat_params,
+        {k: state[k] for k in mapping},
+        source,
+        key_map={k: leaf.jax_key for k, leaf in mapping.items()},
+    )
     model_shapes = {k: tuple(state[k].shape) for k in mapping}
     converted: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -401,7 +415,10 @@ def load_jax_params(
                 value = overlap_copy(np.asarray(converted[entry.source_key]), target.cpu().numpy())
             else:
                 continue
-            target.copy_(torch.tensor(np.array(value), dtype=target.dtype))
+            array = np.array(value)
+            if array.dtype.kind != "f" and dtype_category(array.dtype) == "float":
+                array = array.astype(np.float32)  # bfloat16: torch cannot read ml_dtypes arrays
+            target.copy_(torch.tensor(array, dtype=target.dtype))
     return report
 
 
