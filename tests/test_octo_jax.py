@@ -306,6 +306,28 @@ def test_act_returns_env_actions_with_libero_gripper(policy):
     assert np.isfinite(actions).all()
 
 
+def test_an_episodes_actions_depend_on_its_seed_and_query_not_on_the_batch(policy):
+    def act(rows, seeds, starts):
+        obs = {k: v[rows] for k, v in _standard_obs(3).items()}
+        tasks = {
+            "language_instruction": ["open the top drawer"] * len(rows),
+            "episode_seed": np.array(seeds),
+            "episode_start": np.array(starts),
+        }
+        return policy.act(obs, tasks)
+
+    policy.reset(3)
+    alone = act([0], [7], [True])
+    together = act([0, 1, 2], [7, 8, 9], [True, True, True])
+    # same seed, same draws; XLA's batch-size-dependent float rounding stays below 1e-4
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-4)
+    assert not np.allclose(together[1], together[0])  # another episode, other noise
+    second = act([0], [7], [False])  # the episode's 2nd query continues its stream
+    assert not np.allclose(second[0], alone[0])
+    restarted = act([0], [7], [True])  # a restarted episode (fresh worker) starts over
+    np.testing.assert_array_equal(restarted[0], alone[0])
+
+
 def test_instructions_are_encoded_once_per_distinct_instruction(policy):
     calls = []
     encode = policy._encode

@@ -746,6 +746,10 @@ def diffusion_sample(
     ``rng`` → (rng, key) = split; x_T = normal(key); then for t = T−1 … 0: ε = net(x, t);
     x = (x − (1−α_t)/√(1−ᾱ_t) ε)/√α_t; (rng, key) = split; x += [t > 0] √β_t z; clip ±max;
     dims ≥ ``embodiment_action_dim`` get the training-time noise √(1−ᾱ_t) z.
+
+    ``rng`` is one key (upstream: the whole batch's noise from one stream) or one key per row,
+    shape (B, 2): then each row's noise is that row's own stream (the same split/normal
+    recursion per row), so a row's actions do not depend on what else is in the batch.
     """
     module = DiffusionActionHead(head)
     batch, window = transformer_outputs[head.readout_key].tokens.shape[:2]
@@ -758,6 +762,15 @@ def diffusion_sample(
         mask = mask.at[..., embodiment_action_dim:].set(False)
     mask = mask.reshape(batch, window, flat)
 
+    per_row = rng.ndim == 2
+
+    def draw(key_chain: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        if per_row:
+            pairs = jax.vmap(jax.random.split)(key_chain)
+            return pairs[:, 0], jax.vmap(lambda k: jax.random.normal(k, shape[1:]))(pairs[:, 1])
+        key_chain, key = jax.random.split(key_chain)
+        return key_chain, jax.random.normal(key, shape=shape)
+
     def step(
         carry: tuple[jax.Array, jax.Array], time: jax.Array
     ) -> tuple[tuple[jax.Array, jax.Array], None]:
@@ -767,15 +780,13 @@ def diffusion_sample(
         x = (1 / jnp.sqrt(alphas[time])) * (
             x - (1 - alphas[time]) / jnp.sqrt(1 - alpha_hats[time]) * eps
         )
-        key_chain, key = jax.random.split(key_chain)
-        z = jax.random.normal(key, shape=x.shape)
+        key_chain, z = draw(key_chain, x.shape)
         x = x + (time > 0) * (jnp.sqrt(betas[time]) * z)
         x = jnp.clip(x, -head.max_action, head.max_action)
         x = jnp.where(mask, x, jnp.sqrt(1 - alpha_hats[time]) * z)
         return (x, key_chain), None
 
-    rng, key = jax.random.split(rng)
-    noise = jax.random.normal(key, (batch, window, flat))
+    rng, noise = draw(rng, (batch, window, flat))
     (x, _), _ = jax.lax.scan(step, (noise, rng), jnp.arange(head.diffusion_steps - 1, -1, -1))
     return x.reshape(batch, window, head.action_horizon, head.action_dim)[:, -1]
 

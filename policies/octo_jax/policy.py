@@ -26,8 +26,13 @@ Options (``?key=value``):
 
 Per call: images resized to the checkpoint's sizes, instructions tokenized and T5-encoded
 once per distinct instruction (cached), one jitted forward + DDPM sampling per batch size,
-one PRNG split per call (upstream's ``supply_rng``), actions un-normalized and the gripper
-converted to LIBERO's convention.
+actions un-normalized and the gripper converted to LIBERO's convention.
+
+Noise: each episode draws from its own PRNG stream, ``fold_in(fold_in(PRNGKey(seed),
+episode_seed), query)`` for its n-th query (``query`` restarts at ``episode_start``), so an
+episode's actions do not depend on the batch it shares, on ``--num-envs``, on the executor or
+on resuming. Without ``episode_seed`` (direct calls) one key is split per call, upstream's
+``supply_rng``; ``sample_normalized(..., PRNGKey(0))`` reproduces upstream's draws exactly.
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ class OctoJaxPolicy(Policy):
         self.checkpoint = f"{ckpt.directory}@{ckpt.step}"
         self._params = jax.device_put(loaded.params)
         self._rng = jax.random.PRNGKey(seed)
+        self._queries: dict[int, int] = {}  # episode_seed -> queries so far
         self._language_cache: dict[str, np.ndarray] = {}
         self._sample = jax.jit(
             partial(_sample, loaded.module, self.embodiment_action_dim),
@@ -184,17 +190,45 @@ class OctoJaxPolicy(Policy):
         if self.spec.needs_language:
             task["language_instruction"] = self.encode_instructions(instructions)
             task["pad_mask_dict"]["language_instruction"] = np.ones(batch, dtype=bool)
-        self._rng, key = jax.random.split(self._rng)
-        actions = self.sample_normalized(observation, task, key)
+        actions = self.sample_normalized(observation, task, self._keys(tasks, batch))
         action_stats = self.statistics.action if self.statistics else None
         out = postprocess_actions(actions, action_stats, self.normalization, self.gripper)
         return out[..., : self.spec.action_dim]
+
+    def reset(self, batch_size: int) -> None:
+        self._queries.clear()
+
+    def _keys(self, tasks: Mapping[str, Sequence[Any] | np.ndarray], batch: int) -> jax.Array:
+        """One PRNG key per row from its episode's stream, or one key split off per call."""
+        if "episode_seed" not in tasks:
+            self._rng, key = jax.random.split(self._rng)
+            return key
+        seeds = np.asarray(tasks["episode_seed"], dtype=np.int64).reshape(-1)
+        starts = np.asarray(tasks.get("episode_start", np.zeros(batch, bool)), bool).reshape(-1)
+        queries = []
+        for seed, start in zip(seeds.tolist(), starts.tolist(), strict=True):
+            if start:
+                self._queries.pop(seed, None)
+            queries.append(self._queries.get(seed, 0))
+            self._queries[seed] = queries[-1] + 1
+        with jax.threefry_partitionable(False):
+            return _episode_keys(
+                jax.random.PRNGKey(self.seed),
+                jnp.asarray(seeds & 0xFFFFFFFF, jnp.uint32),
+                jnp.asarray(queries, jnp.uint32),
+            )
 
     def sample_normalized(self, observation: Any, task: Any, key: jax.Array) -> np.ndarray:
         """Normalized action chunks (B, H, A) from prepared inputs, upstream's RNG stream."""
         # Upstream's draws need the pre-0.5 threefry; scoped to this call, not set globally.
         with jax.threefry_partitionable(False):
             return np.asarray(self._sample(self._params, observation, task, key))
+
+
+@jax.jit
+def _episode_keys(base: jax.Array, seeds: jax.Array, queries: jax.Array) -> jax.Array:
+    fold = jax.random.fold_in
+    return jax.vmap(lambda s, q: fold(fold(base, s), q))(seeds, queries)
 
 
 def _sample(
