@@ -10,7 +10,9 @@ Sections:
 
 - `steps`: the harness with the `zero` policy (chunks of `--exec-horizon`), 1 and 2 workers,
   rendering every step vs only the steps a policy query reads; "stepping" env steps/s from
-  the first step to the last (all envs built), the median of `--repeats` runs.
+  the first step to the last (all envs built), the median of `--repeats` runs. By default a
+  lone worker renders with every core's llvmpipe thread (the harness' setting), which already
+  uses more than one core; `--render-threads 1` compares worker counts at equal threads.
 - `policy`: `act()` latency and actions/s (batch x action_horizon / latency) per padded batch
   size, after one warm-up call per size (the compile).
 - `e2e`: the same slice and the same (warmed-up) policy object through the harness
@@ -236,12 +238,27 @@ def main() -> None:
     parser.add_argument("--policy", default=DEFAULT_POLICY)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--render-threads",
+        type=int,
+        default=None,
+        help="llvmpipe threads per worker (LP_NUM_THREADS); default: cores / workers, so one "
+        "worker renders with every core. 1 compares worker counts at equal threads per worker",
+    )
     args = parser.parse_args()
+    if args.render_threads is not None:
+        os.environ["LP_NUM_THREADS"] = str(args.render_threads)
     args.tasks = [int(t) for t in args.tasks.split(",")]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     sections = set(args.sections.split(","))
     load = os.getloadavg()
-    results: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "loadavg_start": load}}
+    results: dict[str, Any] = {
+        "host": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": load,
+            "render_threads": args.render_threads or "cores / workers",
+        }
+    }
     if "steps" in sections:
         results["steps"] = section_steps(args)
     if sections & {"policy", "e2e"}:
