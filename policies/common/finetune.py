@@ -6,9 +6,13 @@ They live here, below both, so that a family's ``train.py`` never imports upward
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["DataRequest", "FinetuneError"]
+__all__ = ["DataRequest", "FinetuneError", "check_options", "option_bool", "option_int"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class FinetuneError(ValueError):
@@ -27,3 +31,44 @@ class DataRequest:
     action_horizon: int
     action_dim: int | None = None
     normalization: str | None = "normal"
+
+
+def _what(family: str) -> str:
+    return f"{family} finetune" if family else "finetune"
+
+
+def check_options(options: Mapping[str, str], known: Iterable[str], family: str) -> None:
+    """Refuse ``?key=value`` options a family's trainer does not know, listing the known."""
+    known = tuple(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise FinetuneError(
+            f"{_what(family)} has no option(s) {unknown}; known: {', '.join(known)}"
+        )
+
+
+def option_int(options: Mapping[str, str], key: str, default: int, family: str = "") -> int:
+    """An integer option >= 1, or ``default`` when absent."""
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        raise FinetuneError(
+            f"{_what(family)} option {key}={options[key]!r} must be an integer"
+        ) from None
+    if value < 1:
+        raise FinetuneError(f"{_what(family)} option {key}={value} must be >= 1")
+    return value
+
+
+def option_bool(
+    options: Mapping[str, str], key: str, default: bool = False, family: str = ""
+) -> bool:
+    """A true/false option (1/0, yes/no, on/off), or ``default`` when absent."""
+    if key not in options:
+        return default
+    text = str(options[key]).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise FinetuneError(f"{_what(family)} option {key}={options[key]!r} must be true or false")
+    return text in _TRUE

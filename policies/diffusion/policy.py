@@ -157,22 +157,7 @@ class DiffusionPolicy(Policy):
         return out
 
     def _image(self, tensor: torch.Tensor, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        # (B, T, H, W, C) [0, 255] -> (B, T, C, H, W) [0, 1], robomimic's process_frame.
-        if tensor.ndim != 5 or tensor.shape[-1] != shape[0]:
-            raise ValueError(
-                f"diffusion policy: image {key!r} must be (B, T, H, W, {shape[0]}), got "
-                f"{tuple(tensor.shape)}"
-            )
-        tensor = (tensor / 255.0).clip(0.0, 1.0).permute(0, 1, 4, 2, 3)
-        height, width = shape[1], shape[2]
-        if tuple(tensor.shape[-2:]) != (height, width):
-            b, t = tensor.shape[:2]
-            flat = tensor.reshape(b * t, *tensor.shape[2:])
-            flat = F.interpolate(
-                flat, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-            )
-            tensor = flat.reshape(b, t, *flat.shape[1:]).clip(0.0, 1.0)
-        return tensor
+        return process_frames(tensor, key, shape)
 
     # -- sampling --------------------------------------------------------------------------
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -220,6 +205,27 @@ class DiffusionPolicy(Policy):
         proprio = obs.get("proprio")
         latest = None if proprio is None else np.asarray(proprio)[:, -1]
         return decode_to_libero(parts, self.config.action_keys, latest)
+
+
+def process_frames(tensor: torch.Tensor, key: str, shape: Sequence[int]) -> torch.Tensor:
+    """(B, T, H, W, C) [0, 255] → (B, T, C, H, W) [0, 1] at the checkpoint's (C, H, W):
+    robomimic's ``process_frame``, then an antialiased bilinear resize when sizes differ.
+    The adapter and the diffusion trainer both use it, so training sees what evaluation does."""
+    if tensor.ndim != 5 or tensor.shape[-1] != shape[0]:
+        raise ValueError(
+            f"diffusion policy: image {key!r} must be (B, T, H, W, {shape[0]}), got "
+            f"{tuple(tensor.shape)}"
+        )
+    tensor = (tensor / 255.0).clip(0.0, 1.0).permute(0, 1, 4, 2, 3)
+    height, width = int(shape[1]), int(shape[2])
+    if tuple(tensor.shape[-2:]) != (height, width):
+        b, t = tensor.shape[:2]
+        flat = tensor.reshape(b * t, *tensor.shape[2:])
+        flat = F.interpolate(
+            flat, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )
+        tensor = flat.reshape(b, t, *flat.shape[1:]).clip(0.0, 1.0)
+    return tensor
 
 
 def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:

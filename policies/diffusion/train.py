@@ -91,7 +91,13 @@ import torch.nn.functional as F
 
 from evalharness.envs.rotations import rotate180
 from evalharness.policies.common.compat import CheckpointError, CompatibilityReport
-from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.common.finetune import (
+    DataRequest,
+    FinetuneError,
+    check_options,
+    option_bool,
+    option_int,
+)
 from evalharness.policies.common.normalization import Gripper, convert_gripper
 from evalharness.policies.diffusion.checkpoint import (
     canonical_state_dict,
@@ -108,6 +114,7 @@ from evalharness.policies.diffusion.nets import (
     ObservationGroupEncoder,
     VisualCore,
 )
+from evalharness.policies.diffusion.policy import process_frames
 from evalharness.policies.diffusion.schedulers import NoiseScheduler
 
 __all__ = [
@@ -218,29 +225,6 @@ def route_observations(
                 continue
         dropped.append(key)
     return routes, dropped
-
-
-def _int_option(options: Mapping[str, str], key: str, default: int) -> int:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise FinetuneError(
-            f"diffusion finetune option {key}={options[key]!r}: not an integer"
-        ) from None
-    if value < 1:
-        raise FinetuneError(f"diffusion finetune option {key}={value} must be >= 1")
-    return value
-
-
-def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
-    if key not in options:
-        return default
-    text = str(options[key]).strip().lower()
-    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise FinetuneError(f"diffusion finetune option {key}={options[key]!r}: true or false")
-    return text in ("1", "true", "yes", "on")
 
 
 def _device_option(options: Mapping[str, str]) -> str:
@@ -515,7 +499,7 @@ class DiffusionTrainer:
                 offset_t = torch.as_tensor(offset, device=self.device).float()
                 tensor = (tensor - offset_t) / torch.as_tensor(scale, device=self.device).float()
             if key in self.config.visual:
-                tensor = _images(tensor, shape)
+                tensor = process_frames(tensor, key, shape)
             obs[key] = tensor
         pad = np.asarray(source["timestep_pad_mask"], bool)
         actions = robomimic_action_sequence(np.asarray(batch["action"], np.float64), pad)
@@ -558,21 +542,6 @@ class DiffusionTrainer:
 
 def _detached(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def _images(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """(B, T, H, W, C) [0, 255] → (B, T, C, H, W) [0, 1] at the checkpoint's size, as the
-    adapter's ``DiffusionPolicy._image``."""
-    tensor = (tensor / 255.0).clip(0.0, 1.0).permute(0, 1, 4, 2, 3)
-    height, width = int(shape[1]), int(shape[2])
-    if tuple(tensor.shape[-2:]) != (height, width):
-        b, t = tensor.shape[:2]
-        flat = tensor.reshape(b * t, *tensor.shape[2:])
-        flat = F.interpolate(
-            flat, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-        )
-        tensor = flat.reshape(b, t, *flat.shape[1:]).clip(0.0, 1.0)
-    return tensor
 
 
 def _random_crop(
@@ -634,11 +603,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
     module's options.
     """
     family = dict(options.family_options)
-    unknown = sorted(set(family) - set(_OPTIONS))
-    if unknown:
-        raise FinetuneError(
-            f"diffusion finetune has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
-        )
+    check_options(family, _OPTIONS, "diffusion")
     if options.mode not in MODES:
         raise FinetuneError(
             f"--mode {options.mode!r} is not available for the diffusion policy; expected one of "
@@ -648,7 +613,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
     path = Path(checkpoint)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
-    trust = _bool_option(family, "trust", False)
+    trust = option_bool(family, "trust", False, "diffusion")
     try:
         ckpt = read_checkpoint_file(path, trust=trust)
         nets_state, which = select_weights(ckpt["model"], str(path), use_ema=False)
@@ -684,9 +649,9 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
     actions[:, -1] = convert_gripper(actions[:, -1], spec.gripper_for_model, Gripper.LIBERO)
     action_dim = actions.shape[1]
     scale, offset = min_max_stats(actions)
-    to = _int_option(family, "observation_horizon", old.observation_horizon)
-    ta = _int_option(family, "action_horizon", old.action_horizon)
-    tp = _int_option(family, "prediction_horizon", old.prediction_horizon)
+    to = option_int(family, "observation_horizon", old.observation_horizon, "diffusion")
+    ta = option_int(family, "action_horizon", old.action_horizon, "diffusion")
+    tp = option_int(family, "prediction_horizon", old.prediction_horizon, "diffusion")
     for name, before, after in (
         ("To", old.observation_horizon, to),
         ("Ta", old.action_horizon, ta),
@@ -738,12 +703,16 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
             f"warning: {len(fresh_frozen)} freshly initialized encoder tensors are frozen in "
             f"head_only and stay random (e.g. {fresh_frozen[0]}); use --mode full"
         )
-    ema_power = float(
-        family.get("ema_power", raw.get("algo", {}).get("ema", {}).get("power", 0.75))
-    )
-    use_ema = _bool_option(
-        family, "ema", bool(raw.get("algo", {}).get("ema", {}).get("enabled", True))
-    )
+    ema_text = family.get("ema_power", raw.get("algo", {}).get("ema", {}).get("power", 0.75))
+    try:
+        ema_power = float(ema_text)
+    except (TypeError, ValueError):
+        raise FinetuneError(
+            f"diffusion finetune option ema_power={ema_text!r}: expected a number (0.75 in "
+            "robomimic's configs)"
+        ) from None
+    ema_enabled = bool(raw.get("algo", {}).get("ema", {}).get("enabled", True))
+    use_ema = option_bool(family, "ema", ema_enabled, "diffusion")
     return DiffusionTrainer(
         config=config,
         raw_config=_edit_config(raw, config, str(dataset.path)),
@@ -754,7 +723,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
         gripper_for_model=Gripper.parse(spec.gripper_for_model),
         options=options,
         changes=changes,
-        random_crop=_bool_option(family, "random_crop", True),
+        random_crop=option_bool(family, "random_crop", True, "diffusion"),
         use_ema=use_ema,
         ema_power=ema_power,
         source=str(path),

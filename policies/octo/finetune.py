@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from evalharness.policies.common.finetune import FinetuneError
 from evalharness.policies.common.images import resize_images
 from evalharness.policies.octo.config import (
     ImageTokenizerConfig,
@@ -38,25 +37,6 @@ FROZEN_KEYS: dict[str, tuple[str, ...]] = {
 MODES = tuple(FROZEN_KEYS)
 #: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
 ALWAYS_FROZEN = ("*hf_model*",)
-
-
-def option_int(options: Mapping[str, str], key: str, default: int) -> int:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise FinetuneError(f"finetune option {key}={options[key]!r} must be an integer") from None
-    if value < 1:
-        raise FinetuneError(f"finetune option {key}={value} must be >= 1")
-    return value
-
-
-def option_bool(options: Mapping[str, str], key: str) -> bool:
-    text = str(options.get(key, "false")).lower()
-    if text not in ("1", "true", "yes", "0", "false", "no"):
-        raise FinetuneError(f"finetune option {key}={options[key]!r} must be true or false")
-    return text in ("1", "true", "yes")
 
 
 class DataFacts(NamedTuple):

@@ -59,7 +59,9 @@ from evalharness.policies.common.compat import (
     merge_params,
     unflatten_tree,
 )
-from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.common.finetune import DataRequest, FinetuneError, check_options
+from evalharness.policies.common.finetune import option_bool as _bool
+from evalharness.policies.common.finetune import option_int as _option
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
@@ -79,8 +81,6 @@ from evalharness.policies.octo.finetune import (
 )
 from evalharness.policies.octo.finetune import example_batch as _example_batch
 from evalharness.policies.octo.finetune import matches_key as fnmatch_re
-from evalharness.policies.octo.finetune import option_bool as _bool
-from evalharness.policies.octo.finetune import option_int as _option
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
 from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
 from evalharness.policies.octo_jax.loader import (
@@ -474,11 +474,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrain
     this module's options.
     """
     family = dict(options.family_options)
-    unknown = sorted(set(family) - set(_OPTIONS))
-    if unknown:
-        raise FinetuneError(
-            f"octo_jax finetune has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
-        )
+    check_options(family, _OPTIONS, "octo_jax")
     if options.mode not in FROZEN_KEYS:
         raise FinetuneError(f"--mode {options.mode!r}: expected one of {', '.join(MODES)}")
     pretrained = load_octo(checkpoint, step=parse_step(family.get("step")), strict=True)

@@ -52,7 +52,9 @@ import numpy as np
 import torch
 
 from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
-from evalharness.policies.common.finetune import DataRequest, FinetuneError
+from evalharness.policies.common.finetune import DataRequest, FinetuneError, check_options
+from evalharness.policies.common.finetune import option_bool as _bool
+from evalharness.policies.common.finetune import option_int as _option
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
@@ -71,8 +73,6 @@ from evalharness.policies.octo.finetune import (
 )
 from evalharness.policies.octo.finetune import example_batch as _example_batch
 from evalharness.policies.octo.finetune import matches_key as _re_match
-from evalharness.policies.octo.finetune import option_bool as _bool
-from evalharness.policies.octo.finetune import option_int as _option
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
 from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer, resolve_tokenizer
 from evalharness.policies.octo_pt.checkpoint import (
@@ -466,11 +466,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTraine
     module's options (module docstring).
     """
     family = dict(options.family_options)
-    unknown = sorted(set(family) - set(_OPTIONS))
-    if unknown:
-        raise FinetuneError(
-            f"octo_pt finetune has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
-        )
+    check_options(family, _OPTIONS, "octo_pt")
     if options.mode not in FROZEN_KEYS:
         raise FinetuneError(f"--mode {options.mode!r}: expected one of {', '.join(MODES)}")
     pretrained = load_octo_pt(checkpoint, step=parse_step(family.get("step")), strict=True)
