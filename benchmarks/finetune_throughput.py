@@ -88,23 +88,13 @@ def bench_octo_pt(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-#: the robomimic fixture observes joint_states and gripper_states and raw LIBERO frames.
-ROBOMIMIC_SPEC = {
-    "base": "libero",
-    "name": "libero_robomimic",
-    "proprio_keys": ["obs/joint_states", "obs/gripper_states"],
-    "proprio_dims": [7, 2],
-    "model_orientation": "raw",
-    "gripper_for_model": "libero",
-}
-
-
 def bench_diffusion(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The tiny robomimic diffusion policy (``?device=cuda`` is not a finetune option: the
     trainer runs on CPU), head_only (UNet) and full (encoders too)."""
     policy = f"diffusion:{FIXTURES / 'robomimic_dp_tiny' / 'model.pth'}"
     rows = [
-        _time_trainer(policy, data, mode, args, ROBOMIMIC_SPEC) for mode in ("head_only", "full")
+        _time_trainer(policy, data, mode, args, "libero_robomimic")
+        for mode in ("head_only", "full")
     ]
     for row in rows:
         row["device"] = "cpu"

@@ -240,7 +240,8 @@ def _check_diffusion_keys(model: _Model, dataset: Any, first: Any, findings: lis
                 "observation keys",
                 f"the checkpoint reads {dropped}, which the data (spec {dataset.spec.name!r}) "
                 "does not hold: finetuning drops them",
-                "name them in the spec: proprio_keys (e.g. obs/joint_states) with proprio_dims",
+                "name them in the spec: proprio_keys (e.g. obs/joint_states) with proprio_dims, "
+                "or --dataset-spec libero_robomimic for LIBERO's robomimic keys",
             )
         )
 

@@ -102,6 +102,19 @@ def test_orientation_flip_is_applied_exactly_once_and_matches_the_env(tmp_path):
     assert (raw_spec.image_transform, raw_spec.eval_image_transform) == ("none", "rot180")
 
 
+def test_robomimic_preset_reads_joint_and_gripper_states_raw_frames_and_libero_gripper(tmp_path):
+    path = write_tiny_libero_hdf5(tmp_path / "r_demo.hdf5", num_demos=1, steps=3)
+    (episode,) = read_libero_hdf5(path, get_spec("libero_robomimic"))
+    with h5py.File(path) as f:
+        demo = f["data/demo_0"]
+        raw = demo["obs/agentview_rgb"][()]
+        proprio = np.concatenate([demo["obs/joint_states"][()], demo["obs/gripper_states"][()]], -1)
+        actions = demo["actions"][()]
+    np.testing.assert_array_equal(episode["image_primary"], raw)  # kept as stored
+    np.testing.assert_allclose(episode["proprio"], proprio.astype(np.float32))
+    np.testing.assert_array_equal(episode["action"], actions.astype(np.float32))  # −1/+1 kept
+
+
 def test_demos_are_read_in_numeric_order(tmp_path):
     path = write_tiny_libero_hdf5(tmp_path / "t_demo.hdf5", num_demos=3, steps=2)
     with h5py.File(path, "a") as f:

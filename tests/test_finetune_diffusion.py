@@ -26,14 +26,7 @@ from evalharness.policies.diffusion.train import (  # noqa: E402
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "robomimic_dp_tiny"
 CKPT = str(FIXTURE / "model.pth")
 pytestmark = pytest.mark.skipif(not (FIXTURE / "model.pth").is_file(), reason="no fixture")
-SPEC = {
-    "base": "libero",
-    "name": "libero_robomimic",
-    "proprio_keys": ["obs/joint_states", "obs/gripper_states"],
-    "proprio_dims": [7, 2],
-    "model_orientation": "raw",
-    "gripper_for_model": "libero",
-}
+SPEC = "libero_robomimic"  # joint_states + gripper_states, raw frames, LIBERO gripper
 #: The fixture's UNet is tiny (down_dims 16/32/64) and barely trained: a few dozen steps of
 #: ε-prediction lower the loss on the tiny data by ~23 % (60 steps, batch 16, peak lr 5e-3).
 STEPS = 60
@@ -159,15 +152,13 @@ def test_cli_finetune_writes_a_policy_that_loads_strictly_and_acts(
     from evalharness.cli import main
     from evalharness.policies import load_policy
 
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
     out = tmp_path / "ckpt"
     code = main(
         [
             "finetune",
             "--policy", f"diffusion:{CKPT}",
             "--data", str(tiny_hdf5),
-            "--dataset-spec", str(spec),
+            "--dataset-spec", SPEC,
             "--mode", "full",
             "--steps", "3",
             "--batch-size", "4",
@@ -236,15 +227,13 @@ def test_finetune_then_eval_runs_the_finetuned_diffusion_policy(
 
     from evalharness.cli import main
 
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
     run_dir = tmp_path / "run"
     code = main(
         [
             "finetune-then-eval",
             "--policy", f"diffusion:{CKPT}",
             "--data", str(tiny_hdf5),
-            "--dataset-spec", str(spec),
+            "--dataset-spec", SPEC,
             "--mode", "head_only",
             "--steps", "2",
             "--batch-size", "2",

@@ -309,7 +309,23 @@ LIBERO_RLDS = DatasetSpec(
     gripper_for_model=Gripper.OCTO,
 )
 
-PRESETS: dict[str, DatasetSpec] = {"libero": LIBERO, "libero_rlds": LIBERO_RLDS}
+#: LIBERO's HDF5 as LIBERO's own robomimic configs read it: ``joint_states`` + ``gripper_states``
+#: as low-dim observations, frames kept as stored (raw), LIBERO's gripper. The ``diffusion``
+#: trainer routes these to a robomimic checkpoint's keys of the same names.
+LIBERO_ROBOMIMIC = dataclasses.replace(
+    LIBERO,
+    name="libero_robomimic",
+    proprio_keys=("obs/joint_states", "obs/gripper_states"),
+    proprio_dims=(7, 2),
+    model_orientation="raw",
+    gripper_for_model=Gripper.LIBERO,
+)
+
+PRESETS: dict[str, DatasetSpec] = {
+    "libero": LIBERO,
+    "libero_rlds": LIBERO_RLDS,
+    "libero_robomimic": LIBERO_ROBOMIMIC,
+}
 
 
 def get_spec(spec: str | Mapping[str, Any] | DatasetSpec | Path) -> DatasetSpec:
