@@ -11,18 +11,23 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from evalharness.policies.common.finetune import FinetuneError, option_bool, option_int
 from evalharness.policies.common.images import resize_images
+from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.config import (
+    ConfigError,
     ImageTokenizerConfig,
     LowdimObsTokenizerConfig,
     OctoConfig,
 )
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
-from evalharness.policies.octo.text import TextTokenizer
+from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
 
 #: Upstream's frozen-key patterns per finetune mode (fnmatch on ".".join(path)).
 FROZEN_KEYS: dict[str, tuple[str, ...]] = {
@@ -175,3 +180,119 @@ def training_observation(obs: Mapping[str, Any], inputs: OctoInputSpec) -> dict[
     observation["timestep_pad_mask"] = pad
     observation["pad_mask_dict"] = pad_mask_dict
     return observation
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """What an Octo finetune builds for new data, the same for the JAX and torch trainers:
+    the checkpoint's config edited for the data, its inputs, and an example batch that fixes
+    the new model's input shapes. Each family then builds its model from it and merges."""
+
+    config: dict[str, Any]  # config.json edited for the data (what the output saves)
+    parsed: OctoConfig
+    changes: list[str]  # the edits in plain language
+    inputs: OctoInputSpec  # cameras and low-dim keys the new model reads, the new window
+    example: dict[str, Any]  # upstream-style example batch (batch 1)
+    tokenizer: TextTokenizer | None
+    statistics: dict[str, Any]  # of the training data
+    normalization: NormalizationType
+
+
+def plan_finetune(
+    raw_config: Mapping[str, Any],
+    parsed_old: OctoConfig,
+    old_inputs: OctoInputSpec,
+    directory: Path,
+    dataset: Any,
+    family: Mapping[str, str],
+) -> FinetunePlan:
+    """Edit a pretrained Octo's config for ``dataset`` (an ``evalharness.data.Dataset``).
+
+    ``family`` are the trainer's ``?key=value`` options: ``window_size``, ``action_horizon``,
+    ``keep_action_dim``, ``normalization``, ``tokenizer``. Image sizes and the instruction
+    length stay the checkpoint's; cameras and low-dim keys the data lacks are dropped; the
+    action head takes the data's action dim unless it fits in the checkpoint's
+    (``keep_action_dim``, or a narrower dataset: actions are padded).
+    """
+    head = parsed_old.model.action_head
+    statistics = dataset.statistics()
+    data_dim = len(statistics["action"]["mean"])
+    window = option_int(family, "window_size", old_inputs.window_size)
+    horizon = option_int(family, "action_horizon", head.action_horizon)
+    keep = option_bool(family, "keep_action_dim")
+    if keep and data_dim > head.action_dim:
+        raise FinetuneError(
+            f"keep_action_dim=true but the data has {data_dim} action dims and the checkpoint's "
+            f"head {head.action_dim}; drop the option to build a {data_dim}-dim head"
+        )
+    action_dim = head.action_dim if data_dim <= head.action_dim else data_dim
+    normalization = NormalizationType.parse(family.get("normalization", "normal"))
+
+    first = dataset.load()[0]
+    image_keys = tuple(k for k in first if k.startswith("image_"))
+    lowdim = tuple(k for k in ("proprio",) if k in first)
+    config, changes = adapt_config(
+        raw_config,
+        parsed_old,
+        DataFacts(image_keys, lowdim, data_dim),
+        window,
+        horizon,
+        action_dim,
+        normalization.value,
+    )
+    source = f"{directory / 'config.json'} (edited for {dataset.path})"
+    try:
+        parsed = OctoConfig.from_checkpoint_config(config, source=source)
+    except ConfigError as exc:
+        raise FinetuneError(str(exc)) from None
+
+    tokenizer = None
+    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
+        folder = resolve_tokenizer(
+            parsed.text_processor.tokenizer_name, directory, family.get("tokenizer")
+        )
+        tokenizer = TextTokenizer(folder, parsed.text_processor)
+
+    image_patterns = [
+        p
+        for _, t in parsed.model.observation_tokenizers
+        if isinstance(t, ImageTokenizerConfig)
+        for p in t.obs_stack_keys
+    ]
+    inputs = OctoInputSpec(
+        window_size=window,
+        obs_images={
+            k: v
+            for k, v in old_inputs.obs_images.items()
+            if any(matches_key(p, k) for p in image_patterns)
+        },
+        task_images=old_inputs.task_images,
+        lowdim={
+            k: int(np.shape(first[k])[-1])
+            for k in lowdim
+            if any(matches_key(p, k) for _, t in parsed.model.lowdim_tokenizers for p in t.obs_keys)
+        },
+        language_length=old_inputs.language_length,
+    )
+    sample = next(dataset.batches(window, horizon, 1, seed=0, action_dim=action_dim))
+    has_language = parsed.model.language_tokenizer is not None
+    return FinetunePlan(
+        config=config,
+        parsed=parsed,
+        changes=changes,
+        inputs=inputs,
+        example=example_batch(sample, inputs, tokenizer, has_language),
+        tokenizer=tokenizer,
+        statistics=statistics,
+        normalization=normalization,
+    )
+
+
+def frozen_patterns(
+    raw_config: Mapping[str, Any], mode: str, family: Mapping[str, str]
+) -> tuple[str, ...]:
+    """The frozen-key patterns of a finetune: T5 always, the checkpoint's own
+    ``optimizer.frozen_keys``, the mode's (``FROZEN_KEYS``) and ``?frozen_keys=a,b``."""
+    base = tuple((raw_config.get("optimizer") or {}).get("frozen_keys") or ()) or ALWAYS_FROZEN
+    extra = tuple(p for p in family.get("frozen_keys", "").split(",") if p)
+    return tuple(dict.fromkeys((*ALWAYS_FROZEN, *base, *FROZEN_KEYS[mode], *extra)))

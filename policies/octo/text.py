@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,3 +266,29 @@ def read_hf_config(folder: str | Path | None) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
+
+
+#: The files of a Hugging Face tokenizer folder that a saved checkpoint carries along.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+    "spiece.model",
+)
+
+
+def copy_tokenizer(
+    tokenizer: TextTokenizer | None, text: TextProcessorConfig | None, directory: Path
+) -> None:
+    """Copy the tokenizer's files into ``directory/<tokenizer name>`` so that the saved
+    checkpoint loads offline (its config names the tokenizer by that folder)."""
+    if tokenizer is None or text is None:
+        return
+    target = directory / Path(text.tokenizer_name).name
+    if (target / "tokenizer.json").is_file():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        source = tokenizer.folder / name
+        if source.is_file():
+            shutil.copyfile(source, target / name)

@@ -38,7 +38,6 @@ for wider).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -60,29 +59,22 @@ from evalharness.policies.common.compat import (
     unflatten_tree,
 )
 from evalharness.policies.common.finetune import DataRequest, FinetuneError, check_options
-from evalharness.policies.common.finetune import option_bool as _bool
-from evalharness.policies.common.finetune import option_int as _option
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
-    ConfigError,
     DiffusionHeadConfig,
-    ImageTokenizerConfig,
     OctoConfig,
 )
 from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.finetune import (
-    ALWAYS_FROZEN,
     FROZEN_KEYS,
     MODES,
-    DataFacts,
-    adapt_config,
+    frozen_patterns,
+    plan_finetune,
     training_observation,
 )
-from evalharness.policies.octo.finetune import example_batch as _example_batch
-from evalharness.policies.octo.finetune import matches_key as fnmatch_re
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
-from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo.text import TextTokenizer, copy_tokenizer
 from evalharness.policies.octo_jax.loader import (
     LoadedOcto,
     build_module,
@@ -370,7 +362,7 @@ class OctoJaxTrainer:
         directory = Path(directory)
         params = jax.tree.map(np.asarray, self.state.params)
         save_octo(directory, step, params, self.config, self.example_batch, self.statistics)
-        self._copy_tokenizer(directory)
+        copy_tokenizer(self.tokenizer, self.parsed.text_processor, directory)
         return directory
 
     def state_dict(self) -> bytes:
@@ -415,24 +407,6 @@ class OctoJaxTrainer:
             "action": np.asarray(batch["action"], np.float32),
             "action_pad_mask": np.asarray(batch["action_pad_mask"], bool),
         }
-
-    def _copy_tokenizer(self, directory: Path) -> None:
-        text = self.parsed.text_processor
-        if self.tokenizer is None or text is None:
-            return
-        target = directory / Path(text.tokenizer_name).name
-        if (target / "tokenizer.json").is_file():
-            return
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "tokenizer.json",
-            "special_tokens_map.json",
-            "tokenizer_config.json",
-            "spiece.model",
-        ):
-            source = self.tokenizer.folder / name
-            if source.is_file():
-                shutil.copyfile(source, target / name)
 
 
 def _fresh_params(
@@ -479,68 +453,10 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrain
         raise FinetuneError(f"--mode {options.mode!r}: expected one of {', '.join(MODES)}")
     pretrained = load_octo(checkpoint, step=parse_step(family.get("step")), strict=True)
     ckpt = pretrained.checkpoint
-    parsed_old = pretrained.config
-    head = parsed_old.model.action_head
-    statistics = dataset.statistics()
-    data_dim = len(statistics["action"]["mean"])
-    window = _option(family, "window_size", pretrained.inputs.window_size)
-    horizon = _option(family, "action_horizon", head.action_horizon)
-    keep = _bool(family, "keep_action_dim") or data_dim <= head.action_dim
-    action_dim = head.action_dim if keep and data_dim <= head.action_dim else data_dim
-    if _bool(family, "keep_action_dim") and data_dim > head.action_dim:
-        raise FinetuneError(
-            f"keep_action_dim=true but the data has {data_dim} action dims and the checkpoint's "
-            f"head {head.action_dim}; drop the option to build a {data_dim}-dim head"
-        )
-    normalization = NormalizationType.parse(family.get("normalization", "normal"))
-
-    episodes = dataset.load()
-    first = episodes[0]
-    image_keys = tuple(k for k in first if k.startswith("image_"))
-    lowdim = tuple(k for k in ("proprio",) if k in first)
-    facts = DataFacts(image_keys, lowdim, data_dim)
-    config, changes = adapt_config(
-        ckpt.config, parsed_old, facts, window, horizon, action_dim, normalization.value
+    plan = plan_finetune(
+        ckpt.config, pretrained.config, pretrained.inputs, ckpt.directory, dataset, family
     )
-    source = f"{ckpt.directory / 'config.json'} (edited for {dataset.path})"
-    try:
-        parsed = OctoConfig.from_checkpoint_config(config, source=source)
-    except ConfigError as exc:
-        raise FinetuneError(str(exc)) from None
-
-    tokenizer = None
-    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
-        folder = resolve_tokenizer(
-            parsed.text_processor.tokenizer_name, ckpt.directory, family.get("tokenizer")
-        )
-        tokenizer = TextTokenizer(folder, parsed.text_processor)
-
-    # Input shapes: the checkpoint's image sizes and language length, the new window.
-    sample = next(dataset.batches(window, horizon, 1, seed=0, action_dim=action_dim))
-    old_inputs = pretrained.inputs
-    model_images = {
-        k: v
-        for k, v in old_inputs.obs_images.items()
-        if any(
-            fnmatch_re(p, k)
-            for _, t in parsed.model.observation_tokenizers
-            if isinstance(t, ImageTokenizerConfig)
-            for p in t.obs_stack_keys
-        )
-    }
-    lowdim_used = {
-        k: int(np.shape(first[k])[-1])
-        for k in lowdim
-        if any(fnmatch_re(p, k) for _, t in parsed.model.lowdim_tokenizers for p in t.obs_keys)
-    }
-    inputs = OctoInputSpec(
-        window_size=window,
-        obs_images=model_images,
-        task_images=old_inputs.task_images,
-        lowdim=lowdim_used,
-        language_length=old_inputs.language_length,
-    )
-    example = _example_batch(sample, inputs, tokenizer, parsed.model.language_tokenizer is not None)
+    parsed, example, window = plan.parsed, plan.example, plan.inputs.window_size
     module = build_module(parsed, pretrained.t5)
     shapes = param_shapes(module, example)
     new_inputs = OctoInputSpec.from_example_batch(example, window)
@@ -560,10 +476,9 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrain
     merged = merge_params(stored, {**loaded, **fresh}, report)
     params = unflatten_tree({k: np.asarray(v, np.float32) for k, v in merged.items()})
 
-    base = tuple(ckpt.config.get("optimizer", {}).get("frozen_keys") or ALWAYS_FROZEN)
-    extra = tuple(p for p in family.get("frozen_keys", "").split(",") if p)
-    patterns = tuple(dict.fromkeys((*ALWAYS_FROZEN, *base, *FROZEN_KEYS[options.mode], *extra)))
+    patterns = frozen_patterns(ckpt.config, options.mode, family)
     stuck = [k for k in needed if any(fnmatch(k.replace("/", "."), p) for p in patterns)]
+    changes = plan.changes
     if stuck:
         changes.append(
             f"warning: {len(stuck)} freshly initialized leaves are frozen in mode "
@@ -571,17 +486,17 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoJaxTrain
         )
     return OctoJaxTrainer(
         pretrained,
-        config,
+        plan.config,
         parsed,
         example,
         params,
         report,
-        statistics,
-        tokenizer,
+        plan.statistics,
+        plan.tokenizer,
         options.mode,
         patterns,
         options,
-        normalization,
+        plan.normalization,
         changes,
     )
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import shutil
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -53,12 +52,9 @@ import torch
 
 from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
 from evalharness.policies.common.finetune import DataRequest, FinetuneError, check_options
-from evalharness.policies.common.finetune import option_bool as _bool
-from evalharness.policies.common.finetune import option_int as _option
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
-    ConfigError,
     ImageTokenizerConfig,
     OctoConfig,
 )
@@ -67,14 +63,12 @@ from evalharness.policies.octo.finetune import (
     ALWAYS_FROZEN,
     FROZEN_KEYS,
     MODES,
-    DataFacts,
-    adapt_config,
+    frozen_patterns,
+    plan_finetune,
     training_observation,
 )
-from evalharness.policies.octo.finetune import example_batch as _example_batch
-from evalharness.policies.octo.finetune import matches_key as _re_match
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
-from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer, copy_tokenizer
 from evalharness.policies.octo_pt.checkpoint import (
     LoadedOcto,
     load_octo_pt,
@@ -333,7 +327,7 @@ class OctoPtTrainer:
             step=step,
             t5_config=self.t5,
         )
-        self._copy_tokenizer(directory)
+        copy_tokenizer(self.tokenizer, self.parsed.text_processor, directory)
         return directory
 
     def state_dict(self) -> bytes:
@@ -404,24 +398,6 @@ class OctoPtTrainer:
             prepared["task"]["language_instruction"] = self.encode_instructions(texts)
         return prepared
 
-    def _copy_tokenizer(self, directory: Path) -> None:
-        text = self.parsed.text_processor
-        if self.tokenizer is None or text is None:
-            return
-        target = directory / Path(text.tokenizer_name).name
-        if (target / "tokenizer.json").is_file():
-            return
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "tokenizer.json",
-            "special_tokens_map.json",
-            "tokenizer_config.json",
-            "spiece.model",
-        ):
-            source = self.tokenizer.folder / name
-            if source.is_file():
-                shutil.copyfile(source, target / name)
-
 
 # --------------------------------------------------------------------------------------------
 # building the trainer
@@ -472,70 +448,16 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTraine
     pretrained = load_octo_pt(checkpoint, step=parse_step(family.get("step")), strict=True)
     parsed_old = pretrained.config
     old_inputs = OctoInputSpec.from_example_batch(pretrained.example_batch, parsed_old.window_size)
-    head = parsed_old.model.action_head
-    statistics = dataset.statistics()
-    data_dim = len(statistics["action"]["mean"])
-    window = _option(family, "window_size", old_inputs.window_size)
-    horizon = _option(family, "action_horizon", head.action_horizon)
-    keep = _bool(family, "keep_action_dim") or data_dim <= head.action_dim
-    action_dim = head.action_dim if keep and data_dim <= head.action_dim else data_dim
-    if _bool(family, "keep_action_dim") and data_dim > head.action_dim:
-        raise FinetuneError(
-            f"keep_action_dim=true but the data has {data_dim} action dims and the checkpoint's "
-            f"head {head.action_dim}; drop the option to build a {data_dim}-dim head"
-        )
-    normalization = NormalizationType.parse(family.get("normalization", "normal"))
-
-    episodes = dataset.load()
-    first = episodes[0]
-    image_keys = tuple(k for k in first if k.startswith("image_"))
-    lowdim = tuple(k for k in ("proprio",) if k in first)
-    config, changes = adapt_config(
+    plan = plan_finetune(
         # save_torch_checkpoint writes its own "octo_pt" entry
         {k: v for k, v in pretrained.raw_config.items() if k != "octo_pt"},
         parsed_old,
-        DataFacts(image_keys, lowdim, data_dim),
-        window,
-        horizon,
-        action_dim,
-        normalization.value,
+        old_inputs,
+        pretrained.directory,
+        dataset,
+        family,
     )
-    source = f"{pretrained.directory / 'config.json'} (edited for {dataset.path})"
-    try:
-        parsed = OctoConfig.from_checkpoint_config(config, source=source)
-    except ConfigError as exc:
-        raise FinetuneError(str(exc)) from None
-
-    tokenizer = None
-    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
-        folder = resolve_tokenizer(
-            parsed.text_processor.tokenizer_name, pretrained.directory, family.get("tokenizer")
-        )
-        tokenizer = TextTokenizer(folder, parsed.text_processor)
-
-    sample = next(dataset.batches(window, horizon, 1, seed=0, action_dim=action_dim))
-    image_patterns = [
-        p
-        for _, t in parsed.model.observation_tokenizers
-        if isinstance(t, ImageTokenizerConfig)
-        for p in t.obs_stack_keys
-    ]
-    inputs = OctoInputSpec(
-        window_size=window,
-        obs_images={
-            k: v
-            for k, v in old_inputs.obs_images.items()
-            if any(_re_match(p, k) for p in image_patterns)
-        },
-        task_images=old_inputs.task_images,
-        lowdim={
-            k: int(np.shape(first[k])[-1])
-            for k in lowdim
-            if any(_re_match(p, k) for _, t in parsed.model.lowdim_tokenizers for p in t.obs_keys)
-        },
-        language_length=old_inputs.language_length,
-    )
-    example = _example_batch(sample, inputs, tokenizer, parsed.model.language_tokenizer is not None)
+    parsed, example, window = plan.parsed, plan.example, plan.inputs.window_size
     t5 = pretrained.extra.get("t5")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(options.seed))
@@ -550,12 +472,10 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTraine
                 state[entry.key].copy_(stored[entry.source_key])
     needed = [e.key for e in report.entries if e.key in state and e.status != "loaded"]
 
-    base = tuple((pretrained.raw_config.get("optimizer") or {}).get("frozen_keys") or ())
-    base = base or ALWAYS_FROZEN
-    extra = tuple(p for p in family.get("frozen_keys", "").split(",") if p)
-    patterns = tuple(dict.fromkeys((*ALWAYS_FROZEN, *base, *FROZEN_KEYS[options.mode], *extra)))
+    patterns = frozen_patterns(pretrained.raw_config, options.mode, family)
     frozen = set(frozen_parameters(jax_key_map(model, _encoder_names(parsed)), patterns))
     stuck = [k for k in needed if k in frozen]
+    changes = plan.changes
     if stuck:
         changes.append(
             f"warning: {len(stuck)} freshly initialized parameters are frozen in mode "
@@ -563,17 +483,17 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> OctoPtTraine
         )
     return OctoPtTrainer(
         model,
-        config,
+        plan.config,
         parsed,
         example,
         t5,
         report,
-        statistics,
-        tokenizer,
+        plan.statistics,
+        plan.tokenizer,
         options.mode,
         patterns,
         options,
-        normalization,
+        plan.normalization,
         changes,
         device=family.get("device", "cpu"),
     )
