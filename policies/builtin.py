@@ -15,18 +15,8 @@ from typing import Any
 import numpy as np
 
 from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.common.options import option_int
 from evalharness.policies.registry import register_policy
-
-
-def _int_option(options: Mapping[str, str], key: str, default: int, policy: str) -> int:
-    if key not in options:
-        return default
-    try:
-        return int(options[key])
-    except ValueError:
-        raise ValueError(
-            f"policy {policy!r}: option {key}={options[key]!r} must be an integer"
-        ) from None
 
 
 def _spec(name: str, path: str | None, options: Mapping[str, str]) -> PolicySpec:
@@ -37,8 +27,8 @@ def _spec(name: str, path: str | None, options: Mapping[str, str]) -> PolicySpec
         raise ValueError(
             f"policy {name!r} has no option(s) {sorted(unknown)}; known: action_horizon, exec_horizon"
         )
-    horizon = _int_option(options, "action_horizon", 1, name)
-    exec_horizon = _int_option(options, "exec_horizon", horizon, name)
+    horizon = option_int(options, "action_horizon", 1, f"policy {name!r}")
+    exec_horizon = option_int(options, "exec_horizon", horizon, f"policy {name!r}")
     return PolicySpec(name=name, action_horizon=horizon, exec_horizon=exec_horizon)
 
 

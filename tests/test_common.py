@@ -20,6 +20,9 @@ from evalharness.policies.common.compat import (
     merge_params,
     unflatten_tree,
 )
+from evalharness.policies.common.finetune import FinetuneError
+from evalharness.policies.common.finetune import option_bool as finetune_bool
+from evalharness.policies.common.finetune import option_int as finetune_int
 from evalharness.policies.common.images import resize_images
 from evalharness.policies.common.normalization import (
     ArrayStatistics,
@@ -30,6 +33,7 @@ from evalharness.policies.common.normalization import (
     gripper_to_env,
     select_statistics,
 )
+from evalharness.policies.common.options import option_bool, option_int
 from evalharness.policies.octo.checkpoint import (
     load_checkpoint,
     msgpack_restore,
@@ -313,3 +317,38 @@ def test_octo_v1_config_and_batch_names_are_shimmed(tmp_path):
     assert loaded.config["model"]["heads"]["action"]["kwargs"]["action_horizon"] == 4
     assert "task" in loaded.example_batch
     assert loaded.example_batch["observation"]["timestep_pad_mask"].shape == (1, 2)
+
+
+_SPELLINGS = [("1", True), ("TRUE", True), (" yes ", True), ("on", True)]
+_SPELLINGS += [("0", False), ("False", False), ("no", False), ("off", False)]
+
+
+@pytest.mark.parametrize(("text", "expected"), _SPELLINGS)
+def test_bool_option_accepts_the_usual_spellings(text, expected):
+    assert option_bool({"strict": text}, "strict", not expected, "policy 'x'") is expected
+
+
+def test_options_fall_back_to_the_default_when_absent():
+    assert option_bool({}, "strict", True, "policy 'x'") is True
+    assert option_int({}, "seed", 7, "policy 'x'") == 7
+
+
+def test_option_errors_name_owner_key_value_and_what_was_expected():
+    with pytest.raises(
+        ValueError, match=r"^policy 'x': option strict='maybe' must be true or false$"
+    ):
+        option_bool({"strict": "maybe"}, "strict", True, "policy 'x'")
+    with pytest.raises(ValueError, match=r"^policy 'x': option seed='1\.5' must be an integer$"):
+        option_int({"seed": "1.5"}, "seed", 0, "policy 'x'")
+    with pytest.raises(ValueError, match=r"^policy 'x': option seed=0 must be >= 1$"):
+        option_int({"seed": "0"}, "seed", 5, "policy 'x'", minimum=1)
+    assert option_int({"seed": "-3"}, "seed", 0, "policy 'x'") == -3
+
+
+def test_finetune_options_raise_finetune_errors_naming_the_family():
+    assert finetune_int({"steps": "12"}, "steps", 1, "diffusion") == 12
+    assert finetune_bool({"ema": "off"}, "ema", True, "diffusion") is False
+    with pytest.raises(FinetuneError, match=r"^diffusion finetune: option steps=0 must be >= 1$"):
+        finetune_int({"steps": "0"}, "steps", 1, "diffusion")
+    with pytest.raises(FinetuneError, match=r"^finetune: option ema='x' must be true or false$"):
+        finetune_bool({"ema": "x"}, "ema")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["DataRequest", "FinetuneError", "check_options", "option_bool", "option_int"]
+from evalharness.policies.common.options import option_bool as parse_bool
+from evalharness.policies.common.options import option_int as parse_int
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+__all__ = ["DataRequest", "FinetuneError", "check_options", "option_bool", "option_int"]
 
 
 class FinetuneError(ValueError):
@@ -49,26 +49,11 @@ def check_options(options: Mapping[str, str], known: Iterable[str], family: str)
 
 def option_int(options: Mapping[str, str], key: str, default: int, family: str = "") -> int:
     """An integer option >= 1, or ``default`` when absent."""
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise FinetuneError(
-            f"{_what(family)} option {key}={options[key]!r} must be an integer"
-        ) from None
-    if value < 1:
-        raise FinetuneError(f"{_what(family)} option {key}={value} must be >= 1")
-    return value
+    return parse_int(options, key, default, _what(family), minimum=1, error=FinetuneError)
 
 
 def option_bool(
     options: Mapping[str, str], key: str, default: bool = False, family: str = ""
 ) -> bool:
     """A true/false option (1/0, yes/no, on/off), or ``default`` when absent."""
-    if key not in options:
-        return default
-    text = str(options[key]).strip().lower()
-    if text not in _TRUE + _FALSE:
-        raise FinetuneError(f"{_what(family)} option {key}={options[key]!r} must be true or false")
-    return text in _TRUE
+    return parse_bool(options, key, default, _what(family), error=FinetuneError)

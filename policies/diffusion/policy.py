@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.common.options import option_bool
 from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
 from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
 from evalharness.policies.diffusion.keymap import STANDARD_SOURCES, ObsSource, gather
@@ -46,6 +47,7 @@ __all__ = ["DiffusionPolicy", "make_diffusion_policy"]
 LIBERO_ACTION_DIM = 7
 MISSING_OBS_MODES = ("error", "zeros", "passthrough")
 RESIZE_MODES = ("policy", "env")
+_OWNER = "policy 'diffusion'"
 _OPTIONS = ("device", "trust", "strict", "ema", "missing_obs", "resize")
 
 
@@ -228,17 +230,6 @@ def process_frames(tensor: torch.Tensor, key: str, shape: Sequence[int]) -> torc
     return tensor
 
 
-def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
-    if key not in options:
-        return default
-    value = options[key].strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"policy 'diffusion': option {key}={options[key]!r} must be true or false")
-
-
 def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
     """Factory for ``diffusion:PATH[?device=...&trust=...&strict=...&ema=...&missing_obs=...&resize=...]``."""
     if path is None:
@@ -253,9 +244,9 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
         )
     loaded = load_checkpoint(
         path,
-        trust=_bool_option(options, "trust", False),
-        strict=_bool_option(options, "strict", True),
-        use_ema=_bool_option(options, "ema", True),
+        trust=option_bool(options, "trust", False, _OWNER),
+        strict=option_bool(options, "strict", True, _OWNER),
+        use_ema=option_bool(options, "ema", True, _OWNER),
     )
     if not loaded.report.compatible:
         print(loaded.report.format())

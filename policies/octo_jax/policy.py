@@ -53,6 +53,7 @@ from evalharness.policies.common.normalization import (
     NormalizationType,
     select_statistics,
 )
+from evalharness.policies.common.options import option_bool
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.inputs import (
     postprocess_actions,
@@ -80,15 +81,6 @@ _OPTIONS = (
     "gripper",
     "resize",
 )
-
-
-def _bool_option(value: str, key: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"octo_jax option {key}={value!r} must be true or false")
 
 
 def _int_option(value: str, key: str) -> int:
@@ -270,7 +262,7 @@ def make_octo_jax_policy(path: str | None = None, **options: str) -> OctoJaxPoli
     if unknown:
         raise ValueError(f"octo_jax has no option(s) {unknown}; known: {', '.join(_OPTIONS)}")
     step = parse_step(options.get("step"))
-    strict = _bool_option(options.get("strict", "true"), "strict")
+    strict = option_bool(options, "strict", True, "octo_jax")
     seed = _int_option(options.get("seed", "0"), "seed")
     loaded = load_octo(path, step=step, strict=strict, seed=seed)
     if not loaded.report.compatible:

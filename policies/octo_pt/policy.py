@@ -52,6 +52,7 @@ from evalharness.policies.common.normalization import (
     NormalizationType,
     select_statistics,
 )
+from evalharness.policies.common.options import option_bool
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.inputs import (
     OctoInputSpec,
@@ -250,18 +251,6 @@ class OctoPtPolicy(Policy):
         return out[..., : self.spec.action_dim]
 
 
-def _bool(options: Mapping[str, str], key: str, default: bool) -> bool:
-    value = options.get(key)
-    if value is None:
-        return default
-    text = value.strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"policy 'octo_pt': option {key}={value!r} must be true or false")
-
-
 def _number(options: Mapping[str, str], key: str, kind: type) -> Any:
     if key not in options:
         return None
@@ -297,7 +286,7 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
     loaded = load_octo_pt(
         path,
         step=parse_step(options.get("step")),
-        strict=_bool(options, "strict", True),
+        strict=option_bool(options, "strict", True, "policy 'octo_pt'"),
         skip=options.get("skip") or None,
         non_strict=options.get("non_strict") or None,
     )
@@ -336,7 +325,7 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
         statistics=statistics,
         tokenizer=tokenizer,
         device=options.get("device", "cpu"),
-        compile=_bool(options, "compile", False),
+        compile=option_bool(options, "compile", False, "policy 'octo_pt'"),
         normalization=options.get("normalization", default_norm),
         gripper=None if gripper == "none" else gripper,
         seed=_number(options, "seed", int) or 0,

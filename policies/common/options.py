@@ -1,0 +1,54 @@
+"""Parsing the ``?key=value`` options of a ``family:PATH?options`` spec.
+
+Policy factories and finetune trainers share these so that every family accepts the same
+spellings and its errors read the same: ``<owner>: option key='value' must be ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["option_bool", "option_int"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def option_bool(
+    options: Mapping[str, str],
+    key: str,
+    default: bool,
+    owner: str,
+    error: type[ValueError] = ValueError,
+) -> bool:
+    """A true/false option (1/0, true/false, yes/no, on/off), or ``default`` when absent.
+
+    ``owner`` names who reads it (``policy 'diffusion'``); ``error`` is raised otherwise.
+    """
+    if key not in options:
+        return default
+    text = str(options[key]).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise error(f"{owner}: option {key}={options[key]!r} must be true or false")
+    return text in _TRUE
+
+
+def option_int(
+    options: Mapping[str, str],
+    key: str,
+    default: int,
+    owner: str,
+    *,
+    minimum: int | None = None,
+    error: type[ValueError] = ValueError,
+) -> int:
+    """An integer option (at least ``minimum`` when given), or ``default`` when absent."""
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        raise error(f"{owner}: option {key}={options[key]!r} must be an integer") from None
+    if minimum is not None and value < minimum:
+        raise error(f"{owner}: option {key}={value} must be >= {minimum}")
+    return value
