@@ -446,11 +446,7 @@ def save_checkpoint(
     directory = Path(directory)
     item = directory / str(step) / "default"
     item.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=1, default=_json_default))
-    (directory / "example_batch.msgpack").write_bytes(msgpack_serialize(example_batch))
-    (directory / "dataset_statistics.json").write_text(
-        json.dumps(dataset_statistics, indent=1, default=_json_default)
-    )
+    write_checkpoint_files(directory, config, example_batch, dataset_statistics)
     flat = flatten_tree(params)
     tmp = item / "checkpoint.tmp"
     tmp.write_bytes(msgpack_serialize(params))
@@ -466,6 +462,21 @@ def save_checkpoint(
     }
     (item / "_METADATA").write_text(json.dumps(metadata))
     return directory
+
+
+def write_checkpoint_files(
+    directory: Path,
+    config: Mapping[str, Any],
+    example_batch: Mapping[str, Any],
+    dataset_statistics: Mapping[str, Any],
+) -> None:
+    """``config.json``, ``example_batch.msgpack`` and ``dataset_statistics.json``: the files
+    beside the weights that both Octo layouts (JAX msgpack, torch safetensors) share."""
+    (directory / "config.json").write_text(json.dumps(config, indent=1, default=_json_default))
+    (directory / "example_batch.msgpack").write_bytes(msgpack_serialize(example_batch))
+    (directory / "dataset_statistics.json").write_text(
+        json.dumps(dataset_statistics, indent=1, default=_json_default)
+    )
 
 
 def _json_default(obj: Any) -> Any:

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from evalharness.policies.common.compat import (
@@ -45,10 +44,10 @@ from evalharness.policies.octo.checkpoint import (
     check_module_specs,
     load_checkpoint,
     msgpack_restore,
-    msgpack_serialize,
     resolve_checkpoint_dir,
     shim_config,
     shim_example_batch,
+    write_checkpoint_files,
 )
 from evalharness.policies.octo.config import ImageTokenizerConfig, OctoConfig
 from evalharness.policies.octo.explain import octo_explainer
@@ -442,11 +441,7 @@ def save_torch_checkpoint(
         "format_version": FORMAT_VERSION,
         "t5": asdict(t5_config) if t5_config is not None else None,
     }
-    (directory / "config.json").write_text(json.dumps(stored, indent=1, default=_json_default))
-    (directory / "example_batch.msgpack").write_bytes(msgpack_serialize(example_batch))
-    (directory / "dataset_statistics.json").write_text(
-        json.dumps(dataset_statistics, indent=1, default=_json_default)
-    )
+    write_checkpoint_files(directory, stored, example_batch, dataset_statistics)
     target = directory / WEIGHTS_FILE if step is None else directory / str(step) / WEIGHTS_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -456,11 +451,3 @@ def save_torch_checkpoint(
     )
     tmp.replace(target)  # a crash mid-write never leaves a truncated weights file
     return directory
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
