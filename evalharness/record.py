@@ -119,25 +119,19 @@ class DemoRecorder(gym.Wrapper):
 
 
 def _wrap_for_policy(env: gym.Env, policy: Policy) -> gym.Env:
-    """The policy's wrapper stack (resize, history, chunking), as the runner's workers build."""
-    from evalharness.envs.wrappers import ActionChunk, History, ResizeImage, TemporalEnsemble
+    """The policy's wrapper stack, built as the runner's workers build it."""
+    from evalharness.worker import wrap_for_policy
 
     spec = policy.spec
-    if spec.image_sizes:
-        env = ResizeImage(env, {k: (int(v[0]), int(v[1])) for k, v in spec.image_sizes.items()})
-    env = History(env, spec.window_size)
-    if spec.temporal_ensemble_weight is not None:
-        return TemporalEnsemble(env, spec.action_horizon, spec.temporal_ensemble_weight)
-    return ActionChunk(env, spec.resolved_exec_horizon)
-
-
-def _batch_of_one(obs: dict[str, Any]) -> dict[str, Any]:
-    batch: dict[str, Any] = {k: v[None] for k, v in obs.items() if isinstance(v, np.ndarray)}
-    if "privileged" in obs:
-        privileged = np.empty(1, dtype=object)
-        privileged[0] = obs["privileged"]
-        batch["privileged"] = privileged
-    return batch
+    return wrap_for_policy(
+        env,
+        window_size=spec.window_size,
+        action_horizon=spec.action_horizon,
+        exec_horizon=spec.resolved_exec_horizon,
+        temporal_ensemble_weight=spec.temporal_ensemble_weight,
+        image_sizes={k: (int(v[0]), int(v[1])) for k, v in spec.image_sizes.items()},
+        image_orientation=spec.image_orientation,
+    )
 
 
 def rollout(
@@ -149,6 +143,8 @@ def rollout(
     policy_seed: int,
 ) -> Demo:
     """One episode of `policy` on a wrapped env; returns what `recorder` logged."""
+    from evalharness.runner import _stack
+
     obs, _ = env.reset(seed=seed, options={"init_state_index": init_state_index})
     policy.reset(1)
     instruction = recorder.base.task.instruction
@@ -160,7 +156,7 @@ def rollout(
             "episode_start": np.array([first]),
         }
         first = False
-        actions = check_actions(policy, policy.act(_batch_of_one(obs), tasks), 1)[0]
+        actions = check_actions(policy, policy.act(_stack([obs]), tasks), 1)[0]
         obs, _, terminated, truncated, _ = env.step(actions)
         if terminated or truncated:
             break

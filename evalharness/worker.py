@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -111,6 +112,37 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1)  # type: ignore[arg-type]
 
 
+def wrap_for_policy(
+    env: gym.Env,
+    *,
+    window_size: int,
+    action_horizon: int,
+    exec_horizon: int,
+    temporal_ensemble_weight: float | None = None,
+    image_sizes: Mapping[str, tuple[int, int]] | None = None,
+    image_orientation: str = "upright",
+) -> gym.Env:
+    """The wrappers between a LIBERO env and a policy: orientation -> resize -> history ->
+    chunking (temporal ensembling instead when it has a weight). The one place this stack is
+    built, for `evalharness run`'s workers and `evalharness record` alike."""
+    from evalharness.envs.wrappers import (
+        ActionChunk,
+        History,
+        ImageOrientation,
+        ResizeImage,
+        TemporalEnsemble,
+    )
+
+    if image_orientation != "upright":  # frames as the policy's training data saw them
+        env = ImageOrientation(env, image_orientation)
+    if image_sizes:
+        env = ResizeImage(env, dict(image_sizes))
+    env = History(env, window_size)
+    if temporal_ensemble_weight is not None:
+        return TemporalEnsemble(env, action_horizon, temporal_ensemble_weight)
+    return ActionChunk(env, exec_horizon)
+
+
 class EpisodeEnv:
     """The wrapped env of one worker: LiberoEnv -> frames -> orientation -> resize -> history
     -> chunking."""
@@ -133,13 +165,6 @@ class EpisodeEnv:
 
     def _build(self, task_id: int) -> None:
         from evalharness.envs.libero import LiberoEnv
-        from evalharness.envs.wrappers import (
-            ActionChunk,
-            History,
-            ImageOrientation,
-            ResizeImage,
-            TemporalEnsemble,
-        )
 
         self.close()
         c = self.config
@@ -155,17 +180,16 @@ class EpisodeEnv:
         )
         self.base = base
         self.recorder = FrameRecorder(base)
-        env: gym.Env = self.recorder
-        if c.image_orientation != "upright":  # as training saw them; videos stay upright
-            env = ImageOrientation(env, c.image_orientation)
-        if c.image_sizes:
-            env = ResizeImage(env, dict(c.image_sizes))
-        env = History(env, c.window_size)
-        if c.temporal_ensemble_weight is not None:
-            env = TemporalEnsemble(env, c.action_horizon, c.temporal_ensemble_weight)
-        else:
-            env = ActionChunk(env, c.exec_horizon)
-        self.env = env
+        # Videos are taken below the policy's wrappers, so they stay upright.
+        self.env = wrap_for_policy(
+            self.recorder,
+            window_size=c.window_size,
+            action_horizon=c.action_horizon,
+            exec_horizon=c.exec_horizon,
+            temporal_ensemble_weight=c.temporal_ensemble_weight,
+            image_sizes=c.image_sizes,
+            image_orientation=c.image_orientation,
+        )
         self.task_id = task_id
 
     def reset(self, episode: Episode) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -25,6 +26,38 @@ def demo_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demos")
     (path,) = record_demos(SUITE, [TASK], out, episodes_per_task=1, camera_size=SIZE)
     return path
+
+
+class _FrameEnv(gym.Env):
+    """One 4x4 frame whose pixel (r, c) holds 4 * r + c, a proprio, and any 7-dim action."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict(
+            {
+                "image_primary": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8),
+                "proprio": gym.spaces.Box(-1.0, 1.0, (8,), np.float32),
+            }
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        image = np.repeat(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 3, axis=2)
+        return {"image_primary": image, "proprio": np.zeros(8, np.float32)}, {}
+
+
+def test_record_wraps_a_raw_trained_policy_like_the_runner_does():
+    from types import SimpleNamespace
+
+    from evalharness.policies.base import PolicySpec
+    from evalharness.record import _wrap_for_policy
+
+    spec = PolicySpec("p", window_size=2, action_horizon=4, image_orientation="raw")
+    env = _wrap_for_policy(_FrameEnv(), SimpleNamespace(spec=spec))  # type: ignore[arg-type]
+    obs, _ = env.reset(seed=0)
+    # rotated 180 degrees as the runner's workers rotate it, then stacked into a window of 2
+    assert obs["image_primary"].shape == (2, 4, 4, 3)
+    assert obs["image_primary"][-1, 0, :, 0].tolist() == [15, 14, 13, 12]
+    assert obs["timestep_pad_mask"].tolist() == [False, True]
 
 
 def test_record_is_a_cli_command_with_the_issue_arguments():
