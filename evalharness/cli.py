@@ -259,12 +259,14 @@ def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from evalharness.compare import load_runs, mismatch_warnings
-    from evalharness.dashboard import build_dashboard
+    from evalharness.dashboard import render_dashboard
+    from evalharness.results import atomic_write_text
 
-    labels = _labels(args.labels, len(args.run_dirs))
-    for w in mismatch_warnings(load_runs(args.run_dirs, labels)):
+    runs = load_runs(args.run_dirs, _labels(args.labels, len(args.run_dirs)))
+    for w in mismatch_warnings(runs):
         print(f"warning: {w}", file=sys.stderr)
-    path = build_dashboard(args.run_dirs, args.out, labels)
+    path = Path(args.out)
+    atomic_write_text(path, render_dashboard(runs, path.parent))
     print(f"wrote {path}")
     return 0
 
