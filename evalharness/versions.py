@@ -18,7 +18,8 @@ from pathlib import Path
 
 PINNED = {"mujoco": "3.3.2", "robosuite": "1.4"}
 
-_DISTRIBUTIONS = (
+#: packages whose versions `run.json` records.
+DISTRIBUTIONS = (
     "evalharness",
     "mujoco",
     "robosuite",
@@ -37,7 +38,7 @@ _DISTRIBUTIONS = (
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that can change outcomes (absent ones omitted)."""
     versions = {"python": platform.python_version()}
-    for dist in _DISTRIBUTIONS:
+    for dist in DISTRIBUTIONS:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

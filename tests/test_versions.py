@@ -50,3 +50,13 @@ def test_importing_libero_asks_nothing_and_writes_nothing_to_home(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
     assert list(home.rglob("*")) == []
+
+
+def test_identity_hashes_every_recorded_version_but_pandas():
+    from evalharness.identity import OUTCOME_PACKAGES, outcome_versions
+    from evalharness.versions import DISTRIBUTIONS
+
+    assert set(DISTRIBUTIONS) - set(OUTCOME_PACKAGES) == {"pandas"}
+    assert outcome_versions({"python": "3.11", "pandas": "2.2", "mujoco": "3.3.2"}) == {
+        "mujoco": "3.3.2"
+    }
