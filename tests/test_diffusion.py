@@ -7,6 +7,7 @@ built from the recorded key list (`facts/dp_state_dicts/keys_droid.txt`) and ran
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -115,6 +116,22 @@ def test_observation_features_match_upstream_from_raw_uint8_inputs(
     with torch.no_grad():
         features = policy.nets.encode(prepared).reshape(2, 2, -1)
     assert _max_abs(features, ref["encoder/inference_nets/obs_features"]) <= 1e-5
+
+
+@needs_fixture
+def test_low_dim_observations_are_normalized_as_x_minus_offset_over_scale(
+    tiny: Any, ref: dict[str, np.ndarray]
+) -> None:
+    key = next(k for k in tiny.config.obs_shapes if k not in tiny.config.visual)
+    dim = tiny.config.obs_shapes[key][0]
+    offset, scale = np.arange(dim, dtype=np.float64), np.full(dim, 2.0)
+    config = dataclasses.replace(tiny.config, obs_normalization={key: (offset, scale)})
+    policy = DiffusionPolicy(dataclasses.replace(tiny, config=config), missing_obs="passthrough")
+    raw = {k: ref[f"encoder/input_raw/{k}"] for k in tiny.config.obs_shapes}
+    for _ in range(2):  # the cached statistics are reused, not consumed
+        prepared = policy.prepare(raw, 2)
+        expected = (raw[key].astype(np.float32) - offset.astype(np.float32)) / np.float32(2.0)
+        np.testing.assert_array_equal(prepared[key].numpy(), expected)
 
 
 @needs_fixture

@@ -39,6 +39,7 @@ from evalharness.policies.base import Policy, PolicySpec
 from evalharness.policies.common.options import option_bool
 from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
 from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
+from evalharness.policies.diffusion.config import DiffusionPolicyConfig
 from evalharness.policies.diffusion.keymap import STANDARD_SOURCES, ObsSource, gather
 from evalharness.policies.diffusion.schedulers import NoiseScheduler
 
@@ -107,6 +108,11 @@ class DiffusionPolicy(Policy):
             exec_horizon=config.action_horizon,
         )
         self._generators: dict[int, torch.Generator] = {}
+        self._obs_normalization = obs_normalizers(config, self.device)
+        # (t, t as a device tensor) once, rather than a host-to-device copy per denoising step
+        self._timesteps = [
+            (t, torch.tensor(t, device=self.device)) for t in self.scheduler.timesteps
+        ]
 
     def reset(self, batch_size: int) -> None:
         """Forget the per-episode noise generators."""
@@ -143,13 +149,11 @@ class DiffusionPolicy(Policy):
             value = value[:, -to:]
             tensor = torch.as_tensor(np.ascontiguousarray(value)).to(self.device)
             tensor = tensor.float()
-            if key in self.config.obs_normalization:
-                offset, scale = self.config.obs_normalization[key]
-                tensor = (
-                    tensor - torch.as_tensor(offset).float().to(self.device)
-                ) / torch.as_tensor(scale).float().to(self.device)
+            if key in self._obs_normalization:
+                offset, scale = self._obs_normalization[key]
+                tensor = (tensor - offset) / scale
             if key in self.config.visual:
-                tensor = self._image(tensor, key, shape)
+                tensor = process_frames(tensor, key, shape)
             elif tuple(tensor.shape[2:]) != tuple(shape):
                 raise ValueError(
                     f"diffusion policy: {key!r} has per-step shape {tuple(tensor.shape[2:])}, the "
@@ -157,9 +161,6 @@ class DiffusionPolicy(Policy):
                 )
             out[key] = tensor
         return out
-
-    def _image(self, tensor: torch.Tensor, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        return process_frames(tensor, key, shape)
 
     # -- sampling --------------------------------------------------------------------------
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -184,8 +185,8 @@ class DiffusionPolicy(Policy):
         cond = self.nets.encode(obs_t)
         gens = None if seeds is None else [self._generators[s] for s in seeds]
         x = noise
-        for t in self.scheduler.timesteps:
-            eps = self.nets.noise_pred_net(x, torch.tensor(t, device=self.device), cond)
+        for t, t_device in self._timesteps:
+            eps = self.nets.noise_pred_net(x, t_device, cond)
             x = self.scheduler.step(eps, t, x, gens)
         return x
 
@@ -207,6 +208,20 @@ class DiffusionPolicy(Policy):
         proprio = obs.get("proprio")
         latest = None if proprio is None else np.asarray(proprio)[:, -1]
         return decode_to_libero(parts, self.config.action_keys, latest)
+
+
+def obs_normalizers(
+    config: DiffusionPolicyConfig, device: torch.device
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """robomimic's ``obs_normalization_stats`` as float32 (offset, scale) on ``device``, made
+    once so that each batch only subtracts and divides."""
+    return {
+        key: (
+            torch.as_tensor(offset, device=device).float(),
+            torch.as_tensor(scale, device=device).float(),
+        )
+        for key, (offset, scale) in config.obs_normalization.items()
+    }
 
 
 def process_frames(tensor: torch.Tensor, key: str, shape: Sequence[int]) -> torch.Tensor:

@@ -114,7 +114,7 @@ from evalharness.policies.diffusion.nets import (
     ObservationGroupEncoder,
     VisualCore,
 )
-from evalharness.policies.diffusion.policy import process_frames
+from evalharness.policies.diffusion.policy import obs_normalizers, process_frames
 from evalharness.policies.diffusion.schedulers import NoiseScheduler
 
 __all__ = [
@@ -310,6 +310,7 @@ class DiffusionTrainer:
         nets.to(self.device)
         self.scale = torch.tensor(key.scale, dtype=torch.float32, device=self.device)
         self.offset = torch.tensor(key.offset, dtype=torch.float32, device=self.device)
+        self.obs_normalization = obs_normalizers(config, self.device)
         frozen = self.mode == "head_only"
         for name, param in nets.named_parameters():
             param.requires_grad_(not (frozen and name.startswith(FROZEN_PREFIX)))
@@ -494,10 +495,9 @@ class DiffusionTrainer:
             if route.rotate:
                 value = rotate180(value)
             tensor = torch.as_tensor(np.ascontiguousarray(value)).to(self.device).float()
-            if key in self.config.obs_normalization:
-                offset, scale = self.config.obs_normalization[key]
-                offset_t = torch.as_tensor(offset, device=self.device).float()
-                tensor = (tensor - offset_t) / torch.as_tensor(scale, device=self.device).float()
+            if key in self.obs_normalization:
+                offset, scale = self.obs_normalization[key]
+                tensor = (tensor - offset) / scale
             if key in self.config.visual:
                 tensor = process_frames(tensor, key, shape)
             obs[key] = tensor
