@@ -33,10 +33,17 @@ from typing import Any
 import numpy as np
 
 from evalharness import faults
-from evalharness.batching import pad_batch, padded_size
-from evalharness.policies.base import Policy, check_actions
+from evalharness.policies.base import Policy
 from evalharness.results import EpisodeLog
-from evalharness.runner import RunConfig, RunError, Runner, _Active, _Progress, _stack
+from evalharness.runner import (
+    RunConfig,
+    RunError,
+    Runner,
+    _Active,
+    _Progress,
+    _stack,
+    act_batch,
+)
 from evalharness.worker import EnvConfig, Episode, EpisodeEnv
 
 
@@ -59,11 +66,14 @@ class EpisodeActor:
         make_policy: Callable[[], Policy],
         envs: int,
         render_threads: int | None,
+        policy_string: str = "",
     ) -> None:
         if render_threads is not None:
             os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
         os.environ.setdefault("MUJOCO_GL", "egl")
         self.policy = make_policy()
+        #: the run's --policy, named in a `PolicyError` when the replica fails.
+        self.policy_string = policy_string or self.policy.spec.name
         self.envs = [EpisodeEnv(env_config) for _ in range(envs)]
 
     def pid(self) -> int:
@@ -96,9 +106,7 @@ class EpisodeActor:
                 "episode_seed": np.array([s["episode"].policy_seed for s in live], np.int64),
                 "episode_start": np.array([s["q"] == 0 for s in live]),
             }
-            size = padded_size(batch) if policy.pad_batch else batch
-            obs_batch, tasks = pad_batch(obs_batch, tasks, batch, size)
-            actions = check_actions(policy, policy.act(obs_batch, tasks), size)[:batch]
+            actions = act_batch(policy, obs_batch, tasks, batch, self.policy_string)
             still = []
             for s, chunk in zip(live, actions, strict=True):
                 s["q"] += 1
@@ -183,7 +191,9 @@ class RayRunner(Runner):
             runtime_env={"env_vars": env_vars} if env_vars else None,
         )
         threads = max(1, int(self.cpus_per_worker * self.envs_per_worker))
-        actor = cls.remote(self.env_config, self.make_policy, self.envs_per_worker, threads)
+        actor = cls.remote(
+            self.env_config, self.make_policy, self.envs_per_worker, threads, self.config.policy
+        )
         return actor
 
     def _loop(self, pending: deque[Episode], log: EpisodeLog, done_count: int) -> None:

@@ -334,6 +334,41 @@ def _stack(observations: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     return batch
 
 
+def act_batch(
+    policy: Policy,
+    obs: dict[str, np.ndarray],
+    tasks: dict[str, Any],
+    batch: int,
+    policy_string: str,
+) -> np.ndarray:
+    """One batched `act()` on `batch` rows, validated; any failure raises `PolicyError` naming
+    the policy (`policy_string`, as given on the command line) and the shape expected."""
+    spec = policy.spec
+    # Padded to a fixed size (extra rows dropped below): no recompilation as envs finish.
+    size = padded_size(batch) if policy.pad_batch else batch
+    obs, tasks = pad_batch(obs, tasks, batch, size)
+    expected = (size, spec.action_horizon, spec.action_dim)
+    try:
+        raw = policy.act(obs, tasks)
+    except Exception as exc:
+        raise PolicyError(
+            f"policy {spec.name!r} ({policy_string}) raised {type(exc).__name__}: {exc} "
+            f"on a batch of {size} observations; it must return actions of shape "
+            f"{expected} (batch, action_horizon, action_dim)"
+        ) from exc
+    try:
+        return check_actions(policy, raw, size)[:batch]
+    except PolicyOutputError as exc:
+        received: object = type(raw).__name__
+        if isinstance(raw, np.ndarray | list | tuple):
+            with contextlib.suppress(ValueError):
+                received = np.shape(raw)
+        raise PolicyError(
+            f"{exc} [policy {policy_string!r}: expected shape {expected}, received "
+            f"{received}]; the run stopped, finished episodes are kept in {EPISODES_CSV}"
+        ) from exc
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -641,31 +676,7 @@ class Runner:
                 pool.kill_all()
 
     def _act(self, obs: dict[str, np.ndarray], tasks: dict[str, Any], batch: int) -> np.ndarray:
-        """One batched `act()`, validated; any failure stops the run naming the policy."""
-        spec = self.policy.spec
-        # Padded to a fixed size (extra rows dropped below): no recompilation as envs finish.
-        size = padded_size(batch) if self.policy.pad_batch else batch
-        obs, tasks = pad_batch(obs, tasks, batch, size)
-        expected = (size, spec.action_horizon, spec.action_dim)
-        try:
-            raw = self.policy.act(obs, tasks)
-        except Exception as exc:
-            raise PolicyError(
-                f"policy {spec.name!r} ({self.config.policy}) raised {type(exc).__name__}: {exc} "
-                f"on a batch of {size} observations; it must return actions of shape "
-                f"{expected} (batch, action_horizon, action_dim)"
-            ) from exc
-        try:
-            return check_actions(self.policy, raw, size)[:batch]
-        except PolicyOutputError as exc:
-            received: object = type(raw).__name__
-            if isinstance(raw, np.ndarray | list | tuple):
-                with contextlib.suppress(ValueError):
-                    received = np.shape(raw)
-            raise PolicyError(
-                f"{exc} [policy {self.config.policy!r}: expected shape {expected}, received "
-                f"{received}]; the run stopped, finished episodes are kept in {EPISODES_CSV}"
-            ) from exc
+        return act_batch(self.policy, obs, tasks, batch, self.config.policy)
 
     def _record(self, row: dict[str, object]) -> None:
         try:
