@@ -11,7 +11,6 @@ from evalharness.policies.scripted.expert import (
     Expert,
     Step,
     UnsupportedTaskError,
-    axis_angle,
     closest_yaw,
     gripper_yaw,
     plan_for_goal,
@@ -58,16 +57,6 @@ def test_unsupported_goals_raise_naming_the_predicate(goal, named):
 @pytest.mark.parametrize("yaw", [0.0, 0.3, -1.2, 2.5])
 def test_gripper_yaw_reads_back_the_yaw_of_a_down_pointing_gripper(yaw):
     assert gripper_yaw(rot_z(yaw) @ DOWN) == pytest.approx(yaw)
-
-
-@pytest.mark.parametrize(
-    "vector", [[0.0, 0.0, 0.0], [0.1, -0.2, 0.3], [0.0, 0.0, 3.1], [3.14159, 0.0, 0.0]]
-)
-def test_axis_angle_inverts_rodrigues(vector):
-    from scipy.spatial.transform import Rotation
-
-    mat = Rotation.from_rotvec(vector).as_matrix()
-    assert np.allclose(Rotation.from_rotvec(axis_angle(mat)).as_matrix(), mat, atol=1e-6)
 
 
 def test_closest_yaw_picks_the_equivalent_grasp_nearest_the_current_yaw():

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.policies.common.rotations import matrix_to_axis_angle
+
 POS_SCALE = 0.05  # metres per unit action (controller output_max)
 ROT_SCALE = 0.5  # radians per unit action
 OPEN, CLOSE = -1.0, 1.0
@@ -94,22 +96,6 @@ def rot_z(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def axis_angle(mat: np.ndarray) -> np.ndarray:
-    """Axis-angle vector (3,) of a rotation matrix, angle in [0, pi]."""
-    cos = np.clip((np.trace(mat) - 1.0) / 2.0, -1.0, 1.0)
-    angle = float(np.arccos(cos))
-    if angle < 1e-6:
-        return np.zeros(3)
-    if np.pi - angle < 1e-3:
-        # Near pi the antisymmetric part vanishes; take the axis from the symmetric part.
-        axis = np.sqrt(np.clip((np.diag(mat) + 1.0) / 2.0, 0.0, None))
-        i = int(np.argmax(axis))
-        axis = (mat[:, i] + np.eye(3)[i]) / (2.0 * axis[i])
-        return angle * axis / np.linalg.norm(axis)
-    axis = np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]])
-    return angle * axis / (2.0 * np.sin(angle))
-
-
 def gripper_yaw(mat: np.ndarray) -> float:
     """Yaw of a down-pointing gripper: angle of its finger axis (x column) from world x."""
     return float(np.arctan2(mat[1, 0], mat[0, 0]))
@@ -166,7 +152,7 @@ class Expert:
         action = np.zeros(7)
         action[:3] = np.clip(gain * (target - self.eef) / POS_SCALE, -1.0, 1.0)
         error = rot_z(yaw) @ DOWN @ np.asarray(self.p["eef_mat"]).T
-        action[3:6] = np.clip(1.5 * axis_angle(error) / ROT_SCALE, -1.0, 1.0)
+        action[3:6] = np.clip(1.5 * matrix_to_axis_angle(error) / ROT_SCALE, -1.0, 1.0)
         action[6] = self.grip
         return action
 
