@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: ``upright``: the env's frames (rotated 180° from robosuite's render, as OpenVLA/Octo/LeRobot
+#: LIBERO data). ``raw``: robosuite's upside-down render, as LIBERO's own HDF5 files store it.
+ORIENTATIONS = ("upright", "raw")
+
 
 def rotate180(images: np.ndarray) -> np.ndarray:
     """Rotate images (..., H, W, C) by 180°: raw robosuite frames ↔ upright ones.

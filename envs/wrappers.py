@@ -24,7 +24,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from PIL import Image
 
-from evalharness.envs.rotations import rotate180
+from evalharness.envs.rotations import ORIENTATIONS, rotate180
 
 __all__ = ["ActionChunk", "History", "ImageOrientation", "ResizeImage", "TemporalEnsemble"]
 
@@ -109,11 +109,6 @@ def _resize_frames(image: NDArray[np.uint8], height: int, width: int) -> NDArray
                 plane = Image.fromarray(np.ascontiguousarray(frame[..., c]))
                 out[i, ..., c] = np.asarray(plane.resize((width, height), Image.Resampling.LANCZOS))
     return out.reshape(*lead, height, width, channels)
-
-
-#: ``upright``: the env's frames (rotated 180° from robosuite's render, as OpenVLA/Octo/LeRobot
-#: LIBERO data). ``raw``: robosuite's upside-down render, as LIBERO's own HDF5 files store it.
-ORIENTATIONS = ("upright", "raw")
 
 
 class ImageOrientation(gym.ObservationWrapper[dict[str, Any], Any, dict[str, Any]]):

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.envs.rotations import ORIENTATIONS
+
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -73,10 +75,10 @@ class PolicySpec:
                 f"PolicySpec.exec_horizon must be in 1..action_horizon ({self.action_horizon}), "
                 f"got {self.exec_horizon}"
             )
-        if self.image_orientation not in ("upright", "raw"):
+        if self.image_orientation not in ORIENTATIONS:
             raise ValueError(
-                "PolicySpec.image_orientation must be 'upright' or 'raw', got "
-                f"{self.image_orientation!r}"
+                f"PolicySpec.image_orientation must be {' or '.join(map(repr, ORIENTATIONS))}, "
+                f"got {self.image_orientation!r}"
             )
         for key, size in self.image_sizes.items():
             if len(size) != 2 or min(size) < 1:

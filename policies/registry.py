@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from evalharness.envs.rotations import ORIENTATIONS
 from evalharness.policies.base import Policy
 from evalharness.policies.common.compat import CheckpointError
 from evalharness.policies.common.normalization import evaluation_suite
@@ -163,10 +164,10 @@ def training_orientation(path: str | None) -> str | None:
     if isinstance(data, dict) and key not in data:
         key = "model_orientation"
     orientation = data.get(key, "upright") if isinstance(data, dict) else None
-    if orientation not in ("upright", "raw"):
+    if orientation not in ORIENTATIONS:
         raise CheckpointError(
-            f"{file}: {key} is {orientation!r}; expected 'upright' or 'raw' (the "
-            "orientation of the frames the model was finetuned on)"
+            f"{file}: {key} is {orientation!r}; expected {' or '.join(map(repr, ORIENTATIONS))} "
+            "(the orientation of the frames the model was finetuned on)"
         )
     return str(orientation)
 
