@@ -25,7 +25,7 @@ from evalharness.data.rlds import read_rlds
 from evalharness.data.spec import DatasetSpec, get_spec
 from evalharness.data.statistics import compute_statistics, normalize_batch, write_statistics
 from evalharness.data.windows import BatchSampler, pad_action_dim
-from evalharness.policies.common.normalization import NormalizationType
+from evalharness.policies.common.normalization import NormalizationType, select_statistics
 
 
 def detect_format(path: str | Path) -> str | None:
@@ -107,15 +107,16 @@ class Dataset:
         """A `BatchSampler` whose batches are normalized with ``statistics`` (default: this
         dataset's) when ``normalization`` is ``"normal"``/``"bounds"``, then action-padded to
         ``action_dim`` when given."""
-        stats = (
-            statistics
-            if statistics is not None
-            else (self.statistics() if normalization is not None else None)
-        )
+        selected = None
+        if normalization is not None:
+            # Parsed and checked once here, not on every batch of the training loop.
+            selected = select_statistics(
+                statistics if statistics is not None else self.statistics()
+            )
 
         def transform(batch: dict[str, Any]) -> dict[str, Any]:
-            if normalization is not None and stats is not None:
-                batch = normalize_batch(batch, stats, normalization)
+            if normalization is not None and selected is not None:
+                batch = normalize_batch(batch, selected, normalization)
             if action_dim is not None:
                 batch = pad_action_dim(batch, action_dim)
             return batch

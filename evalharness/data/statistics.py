@@ -27,6 +27,7 @@ from evalharness.data.errors import DatasetError
 from evalharness.data.spec import DatasetSpec
 from evalharness.policies.common.normalization import (
     ArrayStatistics,
+    DatasetStatistics,
     NormalizationType,
     select_statistics,
 )
@@ -71,13 +72,17 @@ def write_statistics(statistics: Mapping[str, Any], path: str | Path) -> Path:
 
 def normalize_batch(
     batch: Mapping[str, Any],
-    statistics: Mapping[str, Any],
+    statistics: Mapping[str, Any] | DatasetStatistics,
     kind: NormalizationType | str = NormalizationType.NORMAL,
 ) -> dict[str, Any]:
     """Normalize a sample or batch's ``action`` and ``observation/proprio`` with Octo's
     formulas (``ArrayStatistics.normalize``; masked dims pass through). Padded copies are
-    normalized like the values they repeat, as upstream normalizes before chunking."""
-    stats = select_statistics(statistics)
+    normalized like the values they repeat, as upstream normalizes before chunking.
+    ``statistics`` is the JSON layout or, for a loop over batches, its parsed
+    ``select_statistics`` result."""
+    stats = (
+        statistics if isinstance(statistics, DatasetStatistics) else select_statistics(statistics)
+    )
     out = dict(batch)
     out["action"] = stats.action.normalize(np.asarray(batch["action"], np.float32), kind)
     observation = batch.get("observation")
