@@ -239,6 +239,32 @@ def test_pickled_checkpoint_is_refused_without_the_trust_flag(tmp_path: Path) ->
 
 
 @needs_fixture
+def test_malformed_normalization_stats_are_named_with_file_key_and_expectation(
+    tmp_path: Path,
+) -> None:
+    ckpt = torch.load(FIXTURE / "model.pth", weights_only=True)
+    name = next(iter(ckpt["action_normalization_stats"]))
+    del ckpt["action_normalization_stats"][name]["scale"]
+    path = tmp_path / "no_scale.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: action_normalization_stats[{name!r}] has no 'scale'; expected a dict with "
+        "'offset' and 'scale', found ['offset']"
+    )
+    ckpt = torch.load(FIXTURE / "model.pth", weights_only=True)
+    ckpt["obs_normalization_stats"] = {"joint_states": {"offset": "zero", "scale": [1.0]}}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: obs_normalization_stats['joint_states']['offset'] is not an array of numbers: "
+        "'zero'"
+    )
+
+
+@needs_fixture
 def test_a_missing_tensor_fails_strict_loading_by_name_and_loads_non_strictly(
     tmp_path: Path,
 ) -> None:

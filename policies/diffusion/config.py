@@ -279,10 +279,22 @@ def _scheduler(algo: Mapping[str, Any], source: str) -> SchedulerConfig:
     raise CheckpointError(f"{source}: neither config.algo.ddpm nor config.algo.ddim is enabled")
 
 
-def _stat_array(value: Any, where: str) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
+def _stat_array(entry: Any, name: str, where: str) -> np.ndarray:
+    """``entry[name]`` (``'offset'`` or ``'scale'``) of a normalization-stats entry as a finite
+    float64 array, or a CheckpointError naming ``where`` and what was expected."""
+    if not isinstance(entry, Mapping) or name not in entry:
+        found = sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__
+        raise CheckpointError(
+            f"{where} has no {name!r}; expected a dict with 'offset' and 'scale', found {found}"
+        )
+    try:
+        array = np.asarray(entry[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{where}[{name!r}] is not an array of numbers: {entry[name]!r}"
+        ) from None
     if not np.all(np.isfinite(array)):
-        raise CheckpointError(f"{where} holds non-finite values")
+        raise CheckpointError(f"{where}[{name!r}] holds non-finite values")
     return array
 
 
@@ -304,8 +316,8 @@ def _action_keys(
             )
         entry = stats[name]
         where = f"{source}: action_normalization_stats[{name!r}]"
-        scale = _stat_array(entry["scale"], f"{where}['scale']").reshape(-1)
-        offset = _stat_array(entry["offset"], f"{where}['offset']").reshape(-1)
+        scale = _stat_array(entry, "scale", where).reshape(-1)
+        offset = _stat_array(entry, "offset", where).reshape(-1)
         cfg = action_config.get(name) or {}
         try:
             keys.append(
@@ -329,10 +341,7 @@ def _obs_stats(stats: Any, source: str) -> dict[str, tuple[np.ndarray, np.ndarra
     out = {}
     for key, entry in stats.items():
         where = f"{source}: obs_normalization_stats[{key!r}]"
-        out[str(key)] = (
-            _stat_array(entry["offset"], f"{where}['offset']"),
-            _stat_array(entry["scale"], f"{where}['scale']"),
-        )
+        out[str(key)] = (_stat_array(entry, "offset", where), _stat_array(entry, "scale", where))
     return out
 
 
