@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from evalharness.results import read_episodes, summarize
+from evalharness.results import HARNESS_FAILURE_REASONS, read_episodes, summarize
 from evalharness.stats import PairedTable, mcnemar_exact_p, paired_difference_ci
 
 __all__ = [
@@ -111,6 +111,14 @@ class RunResult:
     def summary(self) -> pd.DataFrame:
         """Per task and per suite rates with Wilson 95 % intervals (:func:`results.summarize`)."""
         return summarize(self.episodes)
+
+    def policy_outcomes(self) -> pd.DataFrame:
+        """The episodes that say something about the policy: those the simulator or harness
+        failed (:data:`results.HARNESS_FAILURE_REASONS`) left out, as summaries leave them."""
+        df = self.episodes
+        if "failure_reason" not in df.columns:
+            return df
+        return df[~df["failure_reason"].fillna("").astype(str).isin(HARNESS_FAILURE_REASONS)]
 
     def describe(self) -> str:
         """One line: label, policy, suite, protocol, episodes."""
@@ -266,10 +274,11 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
 
 
 def pair_episodes(a: RunResult, b: RunResult) -> pd.DataFrame:
-    """Inner join of two runs' episodes on :data:`PAIR_KEY`: ``success_a``, ``success_b``."""
+    """Inner join of two runs' policy outcomes (:meth:`RunResult.policy_outcomes`) on
+    :data:`PAIR_KEY`: ``success_a``, ``success_b``."""
     cols = [*PAIR_KEY, "success"]
-    return a.episodes[cols].merge(
-        b.episodes[cols], on=list(PAIR_KEY), how="inner", suffixes=("_a", "_b")
+    return a.policy_outcomes()[cols].merge(
+        b.policy_outcomes()[cols], on=list(PAIR_KEY), how="inner", suffixes=("_a", "_b")
     )
 
 
@@ -331,6 +340,8 @@ def compare_runs(a: RunResult, b: RunResult, confidence: float = 0.95) -> pd.Dat
     ``rate_b - rate_a`` on the shared episodes, with Newcombe's paired interval
     (``ci95_low``, ``ci95_high``) and the exact McNemar ``p_value``; ``unpaired_a`` /
     ``unpaired_b`` count each run's episodes of that task that the other run lacks (left out).
+    Episodes the simulator or harness failed are not policy outcomes: they pair with nothing,
+    as summaries leave them out of the rates.
     Raises :class:`ComparisonError` when the runs share no episode.
     """
     pairs = pair_episodes(a, b)
@@ -346,7 +357,7 @@ def compare_runs(a: RunResult, b: RunResult, confidence: float = 0.95) -> pd.Dat
     labels = task_labels([a, b])
 
     def counts(run: RunResult, keys: pd.DataFrame) -> pd.Series:
-        merged = run.episodes[list(PAIR_KEY)].merge(
+        merged = run.policy_outcomes()[list(PAIR_KEY)].merge(
             keys, on=list(PAIR_KEY), how="left", indicator=True
         )
         lone = merged[merged["_merge"] == "left_only"]

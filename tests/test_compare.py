@@ -330,3 +330,19 @@ def test_a_train_log_without_loss_is_rejected_with_its_columns(tmp_path):
     Path(run / "train_log.csv").write_text("step,lr\n0,1\n")
     with pytest.raises(ComparisonError, match=r"missing \['loss'\], found \['step', 'lr'\]"):
         load_run(run)
+
+
+def test_harness_failures_are_left_out_of_the_pairing_as_out_of_the_rates(tmp_path):
+    a = write_run(tmp_path / "a", {0: pattern(2, 4)})
+    b = write_run(tmp_path / "b", {0: pattern(2, 4)})
+    # B's episode 3 (a failure) was lost to the simulator: it says nothing about B's policy.
+    csv = b / "episodes.csv"
+    lines = csv.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if ",3,3," in line and "step_limit" in line)
+    lines[row] = lines[row].replace("step_limit", "sim_unstable")
+    csv.write_text("\n".join(lines) + "\n")
+    run_a, run_b = load_runs([a, b])
+    t0 = compare_runs(run_a, run_b).set_index(["level", "task_id"]).loc[("task", 0)]
+    assert (t0["shared"], t0["both"], t0["neither"], t0["only_a"], t0["only_b"]) == (3, 2, 1, 0, 0)
+    assert (t0["unpaired_a"], t0["unpaired_b"]) == (1, 0)
+    assert run_b.summary().iloc[0][["episodes", "excluded"]].tolist() == [3, 1]
