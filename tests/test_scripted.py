@@ -78,6 +78,11 @@ def test_scripted_policy_rejects_unknown_options_and_checkpoints():
         load_policy("scripted?speed=2")
     with pytest.raises(ValueError, match="no checkpoint"):
         load_policy("scripted:/some/ckpt")
+    with pytest.raises(ValueError, match=r"option strict='2' must be true or false"):
+        load_policy("scripted?strict=2")
+    assert load_policy("scripted?strict=true").strict is True
+    assert load_policy("scripted?strict=0").strict is False
+    assert load_policy("scripted").strict is False
 
 
 def test_the_runner_gives_privileged_state_only_to_policies_that_ask(tmp_path):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.common.options import option_bool
 from evalharness.policies.scripted.expert import Expert, UnsupportedTaskError
 
 HOLD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
@@ -86,7 +87,4 @@ def make_scripted(path: str | None = None, **options: str) -> Policy:
     unknown = set(options) - {"strict"}
     if unknown:
         raise ValueError(f"policy 'scripted' has no option(s) {sorted(unknown)}; known: strict")
-    strict = options.get("strict", "0")
-    if strict not in ("0", "1"):
-        raise ValueError(f"policy 'scripted': option strict={strict!r} must be 0 or 1")
-    return ScriptedPolicy(strict=strict == "1")
+    return ScriptedPolicy(strict=option_bool(options, "strict", False, "policy 'scripted'"))
