@@ -649,7 +649,8 @@ def suite_table(runs: Sequence[RunResult], fmt: str = "markdown") -> str:
         cells: dict[str, tuple[float, float]] = {}
         for record in summary[summary["level"] == "suite"].to_dict("records"):
             p, n = float(record["success_rate"]), int(record["episodes"])
-            cells[str(record["suite"])] = (p, math.sqrt(p * (1.0 - p) / n))
+            # n is 0 when the harness failed every episode (all excluded): no rate, no error.
+            cells[str(record["suite"])] = (p, math.sqrt(p * (1.0 - p) / n) if n else math.nan)
         if len(suites) > 1 and all(s in cells for s in suites):
             rates = [cells[s][0] for s in suites]
             ses = [cells[s][1] for s in suites]

@@ -346,3 +346,10 @@ def test_harness_failures_are_left_out_of_the_pairing_as_out_of_the_rates(tmp_pa
     assert (t0["shared"], t0["both"], t0["neither"], t0["only_a"], t0["only_b"]) == (3, 2, 1, 0, 0)
     assert (t0["unpaired_a"], t0["unpaired_b"]) == (1, 0)
     assert run_b.summary().iloc[0][["episodes", "excluded"]].tolist() == [3, 1]
+
+
+def test_suite_table_of_a_suite_without_policy_outcomes_shows_nan_not_an_error(tmp_path):
+    a = write_run(tmp_path / "a", {0: [False]})
+    csv = a / "episodes.csv"
+    csv.write_text(csv.read_text().replace("step_limit", "episode_timeout"))
+    assert "| a | nan ± nan% |" in suite_table(load_runs([a]))
