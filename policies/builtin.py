@@ -15,18 +15,14 @@ from typing import Any
 import numpy as np
 
 from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import option_int
+from evalharness.policies.common.options import check_options, option_int
 from evalharness.policies.registry import register_policy
 
 
 def _spec(name: str, path: str | None, options: Mapping[str, str]) -> PolicySpec:
     if path is not None:
         raise ValueError(f"policy {name!r} takes no checkpoint path, got {path!r}")
-    unknown = set(options) - {"action_horizon", "exec_horizon"}
-    if unknown:
-        raise ValueError(
-            f"policy {name!r} has no option(s) {sorted(unknown)}; known: action_horizon, exec_horizon"
-        )
+    check_options(options, ("action_horizon", "exec_horizon"), f"policy {name!r}")
     horizon = option_int(options, "action_horizon", 1, f"policy {name!r}")
     exec_horizon = option_int(options, "exec_horizon", horizon, f"policy {name!r}")
     return PolicySpec(name=name, action_horizon=horizon, exec_horizon=exec_horizon)

@@ -33,7 +33,7 @@ from evalharness.policies.common.normalization import (
     gripper_to_env,
     select_statistics,
 )
-from evalharness.policies.common.options import option_bool, option_int
+from evalharness.policies.common.options import check_options, option_bool, option_int
 from evalharness.policies.octo.checkpoint import (
     load_checkpoint,
     msgpack_restore,
@@ -352,3 +352,10 @@ def test_finetune_options_raise_finetune_errors_naming_the_family():
         finetune_int({"steps": "0"}, "steps", 1, "diffusion")
     with pytest.raises(FinetuneError, match=r"^finetune: option ema='x' must be true or false$"):
         finetune_bool({"ema": "x"}, "ema")
+
+
+def test_unknown_options_are_refused_listing_the_known_ones():
+    check_options({"seed": "1"}, ("seed", "strict"), "policy 'x'")
+    with pytest.raises(ValueError) as info:
+        check_options({"sede": "1", "b": "2"}, ("seed", "strict"), "policy 'x'")
+    assert str(info.value) == "policy 'x' has no option(s) ['b', 'sede']; known: seed, strict"

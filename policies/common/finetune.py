@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from evalharness.policies.common.options import check_options as check_known
 from evalharness.policies.common.options import option_bool as parse_bool
 from evalharness.policies.common.options import option_int as parse_int
 
@@ -39,12 +40,7 @@ def _what(family: str) -> str:
 
 def check_options(options: Mapping[str, str], known: Iterable[str], family: str) -> None:
     """Refuse ``?key=value`` options a family's trainer does not know, listing the known."""
-    known = tuple(known)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise FinetuneError(
-            f"{_what(family)} has no option(s) {unknown}; known: {', '.join(known)}"
-        )
+    check_known(options, known, _what(family), error=FinetuneError)
 
 
 def option_int(options: Mapping[str, str], key: str, default: int, family: str = "") -> int:

@@ -6,12 +6,25 @@ spellings and its errors read the same: ``<owner>: option key='value' must be ..
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-__all__ = ["option_bool", "option_int"]
+__all__ = ["check_options", "option_bool", "option_int"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def check_options(
+    options: Mapping[str, str],
+    known: Iterable[str],
+    owner: str,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Refuse options ``owner`` does not know, listing the ones it does."""
+    known = tuple(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise error(f"{owner} has no option(s) {unknown}; known: {', '.join(known)}")
 
 
 def option_bool(

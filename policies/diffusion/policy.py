@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import option_bool
+from evalharness.policies.common.options import check_options, option_bool
 from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
 from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
 from evalharness.policies.diffusion.config import DiffusionPolicyConfig
@@ -252,11 +252,7 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
             "policy 'diffusion' needs a checkpoint: diffusion:/path/to/model.pth (a robomimic or "
             "DROID DiffusionPolicyUNet .pth)"
         )
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"policy 'diffusion' has no option(s) {unknown}; known: {', '.join(_OPTIONS)}"
-        )
+    check_options(options, _OPTIONS, _OWNER)
     loaded = load_checkpoint(
         path,
         trust=option_bool(options, "trust", False, _OWNER),

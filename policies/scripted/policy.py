@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import option_bool
+from evalharness.policies.common.options import check_options, option_bool
 from evalharness.policies.scripted.expert import Expert, UnsupportedTaskError
 
 HOLD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
@@ -84,7 +84,5 @@ def make_scripted(path: str | None = None, **options: str) -> Policy:
     """Factory for `--policy scripted[?strict=1]`; takes no checkpoint."""
     if path is not None:
         raise ValueError(f"policy 'scripted' takes no checkpoint path, got {path!r}")
-    unknown = set(options) - {"strict"}
-    if unknown:
-        raise ValueError(f"policy 'scripted' has no option(s) {sorted(unknown)}; known: strict")
+    check_options(options, ("strict",), "policy 'scripted'")
     return ScriptedPolicy(strict=option_bool(options, "strict", False, "policy 'scripted'"))
