@@ -224,6 +224,18 @@ def test_policy_string_loads_the_fixture_and_refuses_unmapped_observations() -> 
         load_policy("diffusion")
 
 
+def test_a_bad_device_option_is_named_before_any_weight_loads(tmp_path: Path) -> None:
+    path = tmp_path / "never_read.pth"  # the option is checked first: the file is not opened
+    with pytest.raises(ValueError) as info:
+        load_policy(f"diffusion:{path}?device=tpu")
+    assert str(info.value) == (
+        "policy 'diffusion': option device='tpu': expected cpu, cuda or cuda:N"
+    )
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^policy 'diffusion': option device='cuda': torch "):
+            load_policy(f"diffusion:{path}?device=cuda")
+
+
 @needs_fixture
 def test_pickled_checkpoint_is_refused_without_the_trust_flag(tmp_path: Path) -> None:
     ckpt = torch.load(FIXTURE / "model.pth", weights_only=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["check_options", "option_bool", "option_int"]
+__all__ = ["check_options", "option_bool", "option_device", "option_int"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -65,3 +65,23 @@ def option_int(
     if minimum is not None and value < minimum:
         raise error(f"{owner}: option {key}={value} must be >= {minimum}")
     return value
+
+
+def option_device(
+    options: Mapping[str, str], owner: str, error: type[ValueError] = ValueError
+) -> str:
+    """The torch ``device`` option (``cpu`` default, ``cuda``, ``cuda:1``), checked before any
+    weight is built so that a typo or a missing GPU is named instead of failing inside torch."""
+    import torch  # here, so that option parsing alone never imports torch
+
+    text = str(options.get("device", "cpu"))
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise error(f"{owner}: option device={text!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(
+            f"{owner}: option device={text!r}: torch sees no CUDA device here "
+            f"(torch {torch.__version__}); use device=cpu"
+        )
+    return text

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import check_options, option_bool
+from evalharness.policies.common.options import check_options, option_bool, option_device
 from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
 from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
 from evalharness.policies.diffusion.config import DiffusionPolicyConfig
@@ -253,6 +253,7 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
             "DROID DiffusionPolicyUNet .pth)"
         )
     check_options(options, _OPTIONS, _OWNER)
+    device = option_device(options, _OWNER)
     loaded = load_checkpoint(
         path,
         trust=option_bool(options, "trust", False, _OWNER),
@@ -263,7 +264,7 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
         print(loaded.report.format())
     return DiffusionPolicy(
         loaded,
-        device=options.get("device", "cpu"),
+        device=device,
         missing_obs=options.get("missing_obs", "error"),
         resize=options.get("resize", "policy"),
     )

@@ -99,6 +99,7 @@ from evalharness.policies.common.finetune import (
     option_int,
 )
 from evalharness.policies.common.normalization import Gripper, convert_gripper
+from evalharness.policies.common.options import option_device
 from evalharness.policies.diffusion.checkpoint import (
     canonical_state_dict,
     load_weights,
@@ -225,23 +226,6 @@ def route_observations(
                 continue
         dropped.append(key)
     return routes, dropped
-
-
-def _device_option(options: Mapping[str, str]) -> str:
-    """``device`` (``cpu``, ``cuda``, ``cuda:1``), checked before any weight is built."""
-    text = str(options.get("device", "cpu"))
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise FinetuneError(
-            f"diffusion finetune option device={text!r}: expected cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FinetuneError(
-            f"diffusion finetune option device={text!r}: torch sees no CUDA device here "
-            f"(torch {torch.__version__}); use device=cpu"
-        )
-    return text
 
 
 def _schedule(step: int, peak: float, warmup: int, total: int) -> float:
@@ -609,7 +593,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
             f"--mode {options.mode!r} is not available for the diffusion policy; expected one of "
             f"{', '.join(MODES)} (head_only freezes the observation encoder, trains the UNet)"
         )
-    device = _device_option(family)
+    device = option_device(family, "diffusion finetune", FinetuneError)
     path = Path(checkpoint)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
