@@ -28,8 +28,8 @@ from evalharness.finetune import (  # noqa: E402
     finetune,
     known_trainers,
 )
+from evalharness.policies.common.finetune import warmup_cosine  # noqa: E402
 from evalharness.policies.octo_pt.checkpoint import load_octo_pt  # noqa: E402
-from evalharness.policies.octo_pt.train import warmup_cosine  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "octo_tiny_lang"
 POLICY = f"octo_pt:{FIXTURE}"

@@ -6,6 +6,7 @@ They live here, below both, so that a family's ``train.py`` never imports upward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -13,7 +14,14 @@ from evalharness.policies.common.options import check_options as check_known
 from evalharness.policies.common.options import option_bool as parse_bool
 from evalharness.policies.common.options import option_int as parse_int
 
-__all__ = ["DataRequest", "FinetuneError", "check_options", "option_bool", "option_int"]
+__all__ = [
+    "DataRequest",
+    "FinetuneError",
+    "check_options",
+    "option_bool",
+    "option_int",
+    "warmup_cosine",
+]
 
 
 class FinetuneError(ValueError):
@@ -53,3 +61,15 @@ def option_bool(
 ) -> bool:
     """A true/false option (1/0, yes/no, on/off), or ``default`` when absent."""
     return parse_bool(options, key, default, _what(family), error=FinetuneError)
+
+
+def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """The finetune learning rate at ``step``: linear warmup 0 → ``peak`` over ``warmup_steps``,
+    then cosine to 0 at ``total_steps``; ``optax.warmup_cosine_decay_schedule(0, peak, warmup,
+    max(total, warmup + 1), 0)``, which the octo_jax trainer uses, for the torch trainers."""
+    decay_steps = max(total_steps, warmup_steps + 1)
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * step / warmup_steps
+    span = decay_steps - warmup_steps
+    progress = min(max(step - warmup_steps, 0), span) / span
+    return 0.5 * peak * (1 + math.cos(math.pi * progress))

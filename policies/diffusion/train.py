@@ -80,7 +80,6 @@ import copy
 import dataclasses
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -97,6 +96,7 @@ from evalharness.policies.common.finetune import (
     check_options,
     option_bool,
     option_int,
+    warmup_cosine,
 )
 from evalharness.policies.common.normalization import Gripper, convert_gripper
 from evalharness.policies.common.options import option_device
@@ -228,15 +228,6 @@ def route_observations(
     return routes, dropped
 
 
-def _schedule(step: int, peak: float, warmup: int, total: int) -> float:
-    """Linear warmup 0 → peak over ``warmup`` steps, then cosine to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return peak * step / warmup
-    decay = max(total - warmup, 1)
-    progress = min(max(step - warmup, 0) / decay, 1.0)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 # --------------------------------------------------------------------------------------------
 # the trainer
 
@@ -326,7 +317,7 @@ class DiffusionTrainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One AdamW step of robomimic's ε-prediction loss; loss, grad_norm, learning_rate."""
         obs, actions = self.prepare_batch(batch)
-        lr = _schedule(
+        lr = warmup_cosine(
             self.step, self.options.learning_rate, self.options.warmup_steps, self.options.steps
         )
         for group in self.optimizer.param_groups:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -51,7 +50,12 @@ import numpy as np
 import torch
 
 from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
-from evalharness.policies.common.finetune import DataRequest, FinetuneError, check_options
+from evalharness.policies.common.finetune import (
+    DataRequest,
+    FinetuneError,
+    check_options,
+    warmup_cosine,
+)
 from evalharness.policies.common.normalization import NormalizationType
 from evalharness.policies.octo.checkpoint import parse_step
 from evalharness.policies.octo.config import (
@@ -90,7 +94,6 @@ __all__ = [
     "from_pretrained",
     "frozen_parameters",
     "octo_loss",
-    "warmup_cosine",
 ]
 
 _OPTIONS = (
@@ -122,16 +125,6 @@ def _decays(leaf: LeafMap) -> bool:
     # optax's mask in octo_jax: every leaf whose path contains "kernel" (Dense/Conv kernels,
     # attention q/k/v/out kernels, the Fourier-features kernel); not biases, norms, embeddings.
     return "kernel" in leaf.jax_key
-
-
-def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
-    """``optax.warmup_cosine_decay_schedule(0, peak, warmup, max(total, warmup + 1), 0)``."""
-    decay_steps = max(total_steps, warmup_steps + 1)
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * step / warmup_steps
-    span = decay_steps - warmup_steps
-    progress = min(max(step - warmup_steps, 0), span) / span
-    return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
 # --------------------------------------------------------------------------------------------
