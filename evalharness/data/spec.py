@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from evalharness.data.errors import DatasetError
-from evalharness.envs.rotations import rotate180
+from evalharness.envs.rotations import ORIENTATIONS, rotate180
 from evalharness.policies.common.normalization import Gripper
 
 FORMATS = ("libero_hdf5", "rlds")
-#: ``raw``: robosuite's OpenGL render, upside down (LIBERO HDF5). ``upright``: rotated 180°,
-#: what the harness' env produces and what OpenVLA/Octo/LeRobot LIBERO data holds.
-ORIENTATIONS = ("raw", "upright")
+#: Orientations (``envs.rotations.ORIENTATIONS``): ``raw`` is robosuite's OpenGL render, upside
+#: down (LIBERO HDF5); ``upright`` is rotated 180°, what the harness' env produces and what
+#: OpenVLA/Octo/LeRobot LIBERO data holds.
 IMAGE_TRANSFORMS = ("none", "rot180")
 
 
