@@ -27,7 +27,7 @@ from evalharness.policies.octo.config import (
     OctoConfig,
 )
 from evalharness.policies.octo.inputs import OctoInputSpec, prepare_tasks
-from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo.text import TextTokenizer, instruction_tokenizer
 
 #: Upstream's frozen-key patterns per finetune mode (fnmatch on ".".join(path)).
 FROZEN_KEYS: dict[str, tuple[str, ...]] = {
@@ -246,12 +246,12 @@ def plan_finetune(
     except ConfigError as exc:
         raise FinetuneError(str(exc)) from None
 
-    tokenizer = None
-    if parsed.model.language_tokenizer is not None and parsed.text_processor is not None:
-        folder = resolve_tokenizer(
-            parsed.text_processor.tokenizer_name, directory, family.get("tokenizer")
-        )
-        tokenizer = TextTokenizer(folder, parsed.text_processor)
+    tokenizer = instruction_tokenizer(
+        parsed.model.language_tokenizer is not None,
+        parsed.text_processor,
+        directory,
+        family.get("tokenizer"),
+    )
 
     image_patterns = [
         p

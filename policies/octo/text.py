@@ -292,3 +292,22 @@ def copy_tokenizer(
         source = tokenizer.folder / name
         if source.is_file():
             shutil.copyfile(source, target / name)
+
+
+def instruction_tokenizer(
+    has_language: bool,
+    text: TextProcessorConfig | None,
+    directory: Path,
+    override: str | None = None,
+) -> TextTokenizer | None:
+    """The tokenizer a checkpoint's language-conditioned model needs (None without language),
+    found by :func:`resolve_tokenizer` (``?tokenizer=`` override, the config's name, folders
+    beside ``directory``, the hub)."""
+    if not has_language:
+        return None
+    if text is None:
+        raise ValueError(
+            f"{directory / 'config.json'}: the model has a language tokenizer but "
+            "text_processor is null; evalharness cannot tokenize instructions for it"
+        )
+    return TextTokenizer(resolve_tokenizer(text.tokenizer_name, directory, override), text)

@@ -60,7 +60,7 @@ from evalharness.policies.octo.inputs import (
     prepare_observation,
     prepare_tasks,
 )
-from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo.text import TextTokenizer, instruction_tokenizer
 from evalharness.policies.octo_jax.loader import LoadedOcto, load_octo
 from evalharness.policies.octo_jax.model import OctoModule, predict_actions
 from evalharness.policies.octo_jax.t5 import T5Encoder
@@ -278,16 +278,12 @@ def make_octo_jax_policy(path: str | None = None, **options: str) -> OctoJaxPoli
     if statistics is None:
         log.warning("%s has no dataset statistics: actions are returned normalized", ckpt.name)
 
-    tokenizer = None
-    text = loaded.config.text_processor
-    if loaded.config.model.language_tokenizer is not None:
-        if text is None:
-            raise ValueError(
-                f"{ckpt.directory / 'config.json'}: the model has a language tokenizer but "
-                "text_processor is null; evalharness cannot tokenize instructions for it"
-            )
-        folder = resolve_tokenizer(text.tokenizer_name, ckpt.directory, options.get("tokenizer"))
-        tokenizer = TextTokenizer(folder, text)
+    tokenizer = instruction_tokenizer(
+        loaded.config.model.language_tokenizer is not None,
+        loaded.config.text_processor,
+        ckpt.directory,
+        options.get("tokenizer"),
+    )
 
     default_norm = (ckpt.config.get("dataset_kwargs") or {}).get(
         "action_proprio_normalization_type", "normal"

@@ -60,7 +60,7 @@ from evalharness.policies.octo.inputs import (
     prepare_observation,
     prepare_tasks,
 )
-from evalharness.policies.octo.text import TextTokenizer, resolve_tokenizer
+from evalharness.policies.octo.text import TextTokenizer, instruction_tokenizer
 from evalharness.policies.octo_pt.checkpoint import LoadedOcto, load_octo_pt
 from evalharness.policies.octo_pt.heads import ContinuousActionHead, DiffusionActionHead
 
@@ -306,16 +306,12 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
             f"octo_pt {loaded.name}: no dataset statistics; actions are returned normalized",
             stacklevel=2,
         )
-    tokenizer = None
-    text = loaded.config.text_processor
-    if loaded.config.model.language_tokenizer is not None:
-        if text is None:
-            raise ValueError(
-                f"{loaded.directory / 'config.json'}: the model has a language tokenizer but "
-                "text_processor is null; evalharness cannot tokenize instructions for it"
-            )
-        folder = resolve_tokenizer(text.tokenizer_name, loaded.directory, options.get("tokenizer"))
-        tokenizer = TextTokenizer(folder, text)
+    tokenizer = instruction_tokenizer(
+        loaded.config.model.language_tokenizer is not None,
+        loaded.config.text_processor,
+        loaded.directory,
+        options.get("tokenizer"),
+    )
     default_norm = (loaded.raw_config.get("dataset_kwargs") or {}).get(
         "action_proprio_normalization_type", "normal"
     )
