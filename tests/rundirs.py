@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalharness.results import EpisodeLog, atomic_write_json
+import pandas as pd
+
+from evalharness.results import TIMING_COLUMNS, EpisodeLog, atomic_write_json, read_episodes
 
 # Real libero_spatial instructions, so the dashboard looks like the real thing.
 INSTRUCTIONS = (
@@ -122,3 +124,10 @@ def write_run(
 def pattern(successes: int, n: int) -> list[bool]:
     """``successes`` True then False, ``n`` in all."""
     return [True] * successes + [False] * (n - successes)
+
+
+def outcomes(run_dir: Path) -> pd.DataFrame:
+    """A run's episodes.csv without its timing columns, in (task, episode) order: what two
+    runs of the same seed must agree on whatever the workers, executor or interruptions."""
+    df = read_episodes(run_dir / "episodes.csv").drop(columns=list(TIMING_COLUMNS))
+    return df.sort_values(["task_id", "episode_index"]).reset_index(drop=True)

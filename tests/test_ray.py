@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from rundirs import outcomes
 
 from evalharness.policies import load_policy
 from evalharness.protocols import get_protocol
-from evalharness.results import TIMING_COLUMNS, read_episodes
 from evalharness.runner import RunConfig, Runner
 
 ray = pytest.importorskip("ray")
@@ -57,18 +57,13 @@ def _config(out: Path, **kw: Any) -> RunConfig:
     return RunConfig(**(base | kw))
 
 
-def _outcomes(run_dir: Path) -> pd.DataFrame:
-    df = read_episodes(run_dir / "episodes.csv").drop(columns=list(TIMING_COLUMNS))
-    return df.sort_values(["task_id", "episode_index"]).reset_index(drop=True)
-
-
 @pytest.mark.sim
 @pytest.mark.slow
 def test_ray_executor_gives_the_local_executors_episodes(tmp_path: Path, local_ray: None) -> None:
     Runner(_config(tmp_path / "local"), load_policy(POLICY)).run()
     RayRunner(_config(tmp_path / "ray"), load_policy(POLICY), envs_per_worker=2).run()
 
-    local, on_ray = _outcomes(tmp_path / "local"), _outcomes(tmp_path / "ray")
+    local, on_ray = outcomes(tmp_path / "local"), outcomes(tmp_path / "ray")
     assert len(on_ray) == 2 * 3
     pd.testing.assert_frame_equal(local, on_ray)
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
@@ -87,7 +82,7 @@ def test_a_killed_ray_worker_loses_no_episode(
     runner = RayRunner(_config(tmp_path / "ray", task_ids=(0,)), load_policy(POLICY))
     runner.run()
 
-    pd.testing.assert_frame_equal(_outcomes(tmp_path / "local"), _outcomes(tmp_path / "ray"))
+    pd.testing.assert_frame_equal(outcomes(tmp_path / "local"), outcomes(tmp_path / "ray"))
     assert len(runner.actor_pids) == 2 + 1  # the killed actor was replaced
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert run["status"] == "finished"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from rundirs import outcomes
 
 from evalharness import faults
 from evalharness.cli import _default_out, main
@@ -38,7 +39,6 @@ from evalharness.identity import checkpoint_digest, differing_fields, identity_h
 from evalharness.policies import Policy, PolicySpec, PolicyStringError, load_policy
 from evalharness.protocols import get_protocol
 from evalharness.results import (
-    TIMING_COLUMNS,
     EpisodeLog,
     atomic_write_json,
     read_episodes,
@@ -65,11 +65,6 @@ def _config(out: Path, **kw: Any) -> RunConfig:
     )
     base.update(kw)
     return RunConfig(**base)
-
-
-def _outcomes(run_dir: Path) -> pd.DataFrame:
-    df = read_episodes(run_dir / "episodes.csv").drop(columns=list(TIMING_COLUMNS))
-    return df.sort_values(["task_id", "episode_index"]).reset_index(drop=True)
 
 
 class ScriptedFailure(Policy):
@@ -302,7 +297,7 @@ def test_killed_worker_reschedules_once_and_outcomes_match_an_undisturbed_run(
     faulted = tmp_path / "faulted"
     Runner(_config(faulted, protocol=protocol, num_envs=2), load_policy("random")).run()
 
-    got, want = _outcomes(faulted), _outcomes(tmp_path / "reference")
+    got, want = outcomes(faulted), outcomes(tmp_path / "reference")
     assert got["failure_reason"].tolist() == [
         "step_limit",
         "step_limit",
@@ -346,7 +341,7 @@ def test_simulator_instability_is_recorded_as_sim_unstable(
     protocol = TINY.with_overrides(episodes_per_task=4)
     out = tmp_path / "run"
     Runner(_config(out, protocol=protocol), load_policy("zero")).run()
-    rows = _outcomes(out)
+    rows = outcomes(out)
     assert rows["failure_reason"].tolist() == ["sim_unstable"] * 3 + ["step_limit"]
     assert rows["steps"].tolist() == [1, 0, 2, 3]  # the steps completed before the fault
     details = [i["detail"] for i in json.loads((out / "run.json").read_text())["incidents"]]
@@ -364,7 +359,7 @@ def test_hang_inside_an_episode_hits_the_wall_clock_limit(
     started = time.monotonic()
     Runner(_config(out, protocol=protocol, episode_timeout=3.0), load_policy("zero")).run()
     assert time.monotonic() - started < 120
-    rows = _outcomes(out)
+    rows = outcomes(out)
     assert rows["failure_reason"].tolist() == ["episode_timeout", "step_limit"]
 
 

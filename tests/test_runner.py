@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from rundirs import outcomes
 
 from evalharness.policies import Policy, PolicySpec, load_policy
 from evalharness.protocols import get_protocol
-from evalharness.results import TIMING_COLUMNS, read_episodes, read_summary
+from evalharness.results import read_episodes, read_summary
 from evalharness.runner import (
     RunConfig,
     RunError,
@@ -77,11 +78,6 @@ def _config(out: Path, **kw: Any) -> RunConfig:
     return RunConfig(**base)
 
 
-def _outcomes(run_dir: Path) -> pd.DataFrame:
-    df = read_episodes(run_dir / "episodes.csv").drop(columns=list(TIMING_COLUMNS))
-    return df.sort_values(["task_id", "episode_index"]).reset_index(drop=True)
-
-
 def test_task_list_parses_ids_and_ranges_in_order() -> None:
     assert parse_task_ids("0,3,5-7") == (0, 3, 5, 6, 7)
     assert parse_task_ids("2, 2,1") == (2, 1)
@@ -124,7 +120,7 @@ def test_same_seed_twice_gives_identical_episodes_and_observations(tmp_path: Pat
     Runner(_config(tmp_path / "a", video_episodes=1), first).run()
     Runner(_config(tmp_path / "b", num_envs=1), second).run()
 
-    pd.testing.assert_frame_equal(_outcomes(tmp_path / "a"), _outcomes(tmp_path / "b"))
+    pd.testing.assert_frame_equal(outcomes(tmp_path / "a"), outcomes(tmp_path / "b"))
     # Not just the same outcomes: every observation each episode saw is bit-identical,
     # whether it ran two envs in lockstep or one.
     assert first.seen == second.seen
@@ -134,7 +130,7 @@ def test_same_seed_twice_gives_identical_episodes_and_observations(tmp_path: Pat
     assert run["status"] == "finished" and run["env_steps"] == 3 * 4
     assert run["env_steps_per_s"] > 0 and run["versions"]["mujoco"] == "3.3.2"
     assert run["protocol"]["max_steps"]["libero_spatial"] == 4
-    rows = _outcomes(tmp_path / "a")
+    rows = outcomes(tmp_path / "a")
     assert rows["steps"].tolist() == [4, 4, 4]
     assert rows["init_state_index"].tolist() == [0, 1, 2]
     assert rows["failure_reason"].tolist() == ["step_limit"] * 3
@@ -200,7 +196,7 @@ def test_sigkill_mid_run_leaves_whole_rows_and_resume_matches_uninterrupted_run(
     plain = subprocess.run(_cli(reference), capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
 
-    pd.testing.assert_frame_equal(_outcomes(killed), _outcomes(reference))
+    pd.testing.assert_frame_equal(outcomes(killed), outcomes(reference))
     pd.testing.assert_frame_equal(
         read_summary(killed / "summary.csv"), read_summary(reference / "summary.csv")
     )

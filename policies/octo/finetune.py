@@ -42,6 +42,17 @@ FROZEN_KEYS: dict[str, tuple[str, ...]] = {
 MODES = tuple(FROZEN_KEYS)
 #: Frozen in every mode: the T5 text encoder (upstream's pretrained frozen_keys).
 ALWAYS_FROZEN = ("*hf_model*",)
+#: ``?key=value`` options of both Octo trainers (``plan_finetune``, ``frozen_patterns``, the
+#: checkpoint ``step``); a family adds its own (octo_pt: ``device``).
+FINETUNE_OPTIONS = (
+    "step",
+    "tokenizer",
+    "window_size",
+    "action_horizon",
+    "normalization",
+    "frozen_keys",
+    "keep_action_dim",
+)
 
 
 class DataFacts(NamedTuple):

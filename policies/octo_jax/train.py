@@ -67,6 +67,7 @@ from evalharness.policies.octo.config import (
 )
 from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.finetune import (
+    FINETUNE_OPTIONS,
     FROZEN_KEYS,
     MODES,
     frozen_patterns,
@@ -105,15 +106,7 @@ __all__ = [
     "octo_loss",
 ]
 
-_OPTIONS = (
-    "step",
-    "tokenizer",
-    "window_size",
-    "action_horizon",
-    "normalization",
-    "frozen_keys",
-    "keep_action_dim",
-)
+_OPTIONS = FINETUNE_OPTIONS
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from evalharness.policies.octo.config import (
 from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.finetune import (
     ALWAYS_FROZEN,
+    FINETUNE_OPTIONS,
     FROZEN_KEYS,
     MODES,
     frozen_patterns,
@@ -96,16 +97,7 @@ __all__ = [
     "octo_loss",
 ]
 
-_OPTIONS = (
-    "step",
-    "tokenizer",
-    "window_size",
-    "action_horizon",
-    "normalization",
-    "frozen_keys",
-    "keep_action_dim",
-    "device",
-)
+_OPTIONS = (*FINETUNE_OPTIONS, "device")
 
 
 # --------------------------------------------------------------------------------------------
