@@ -30,6 +30,10 @@ import pandas as pd
 
 from evalharness.results import TIMING_COLUMNS, read_episodes
 
+#: The checkout this script belongs to: default output goes under its `results/`, whatever the
+#: working directory.
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _children(pid: int) -> list[int]:
     out: list[int] = []
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kill-every", type=int, default=30, help="episodes between kills")
     parser.add_argument("--rng", type=int, default=0, help="seed of the kill schedule")
-    parser.add_argument("--out", default="results/fault_soak")
+    parser.add_argument("--out", default=str(REPO / "results" / "fault_soak"))
     parser.add_argument(
         "--concurrent", action="store_true", help="run the reference alongside, not before"
     )

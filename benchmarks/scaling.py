@@ -3,8 +3,10 @@ size, and end-to-end wall time of the harness against a sequential OpenVLA-style
 
     python benchmarks/scaling.py                          # all sections, JSON + tables
     python benchmarks/scaling.py --sections steps --steps 80 --repeats 3
-    python benchmarks/scaling.py --sections e2e \\
-        --policy "octo_jax:/work/shared/fixtures/octo_tiny_lang?stats=libero_spatial_no_noops"
+    python benchmarks/scaling.py --sections e2e --policy "octo_jax:CKPT?stats=DATASET"
+
+The default policy is the tiny Octo conformance fixture `octo_tiny_lang` (a checkpoint written
+by upstream Octo), found beside the checkout the way the tests find it (`FIXTURES`).
 
 Sections:
 
@@ -36,7 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_POLICY = "octo_jax:/work/shared/fixtures/octo_tiny_lang?stats=libero_spatial_no_noops"
+# Relative to the repository, never to one machine: the fixtures sit beside the checkout.
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+DEFAULT_POLICY = f"octo_jax:{FIXTURES / 'octo_tiny_lang'}?stats=libero_spatial_no_noops"
 
 
 def _protocol(args: argparse.Namespace, episodes: int, steps: int, wait: int) -> Any:

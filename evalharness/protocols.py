@@ -2,7 +2,7 @@
 
 Harnesses disagree on episodes per task, step limits, warm-up and render size, and a success
 rate is only comparable to another measured under the same protocol. Each preset below is the
-published setting of one harness (sources in `../shared/facts/LIBERO_EVAL.md`); every field can
+published setting of one harness (each names its upstream file in ``source``); every field can
 be overridden, and the resolved values are written into `run.json` and the summary header.
 """
 

@@ -2,8 +2,9 @@
 
 Octo resizes with ``tf.image.resize(..., "lanczos3", antialias=True)`` then rounds and clips to
 uint8; ``jax.image.resize(..., "lanczos3", antialias=True)`` agrees with it to one intensity
-level (``shared/facts/OCTO.md`` §11). This module computes the same separable weights as
-``jax.image.scale_and_translate`` so the torch families preprocess identically without JAX:
+level (measured for this project on 128→256, 128→224 and 128→64 images). This module
+computes the same separable weights as ``jax.image.scale_and_translate`` so the torch families
+preprocess identically without JAX:
 
     sample(i) = (i + 0.5) / scale − 0.5
     w[j, i]   = lanczos3((j − sample(i)) / max(1/scale, 1)),  normalized over the input pixels j

@@ -1,7 +1,8 @@
 """The Octo checkpoint directory, read and written without JAX, flax or orbax.
 
 Both Octo families (``octo_jax`` and ``octo_pt``) start here, so a torch-only install can load
-a released JAX checkpoint. The layout (see ``shared/facts/OCTO.md`` §1)::
+a released JAX checkpoint. The layout (what upstream ``OctoModel.load_pretrained`` in
+``octo/model/octo_model.py`` reads)::
 
     CKPT/config.json                 training config; the model is built from config["model"]
     CKPT/example_batch.msgpack       flax msgpack of one batch (shapes the model is built for)

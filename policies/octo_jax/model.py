@@ -1,7 +1,7 @@
 """Octo in flax.linen, leaf-for-leaf compatible with upstream ``octo-models/octo`` checkpoints.
 
 Module and parameter names are upstream's, so a released ``<step>/default/checkpoint`` loads
-with no renaming (the tree is listed in ``shared/facts/OCTO.md`` §2)::
+with no renaming (upstream ``OctoModule`` in ``octo/model/octo_module.py``)::
 
     octo_transformer/
       observation_tokenizers_<name>/SmallStem16_0/{StdConv_i, GroupNorm_i, embedding}

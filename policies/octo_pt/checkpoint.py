@@ -2,7 +2,8 @@
 
 Two layouts, told apart by what the directory holds (:func:`detect_format`):
 
-- ``jax`` (upstream Octo, ``shared/facts/OCTO.md`` §1)::
+- ``jax`` (upstream octo-models/octo, as ``OctoModel.load_pretrained`` in
+  ``octo/model/octo_model.py`` reads it)::
 
       CKPT/config.json, example_batch.msgpack, dataset_statistics.json
       CKPT/<step>/default/checkpoint        flax msgpack params (read without JAX)

@@ -9,11 +9,11 @@ The same computation as upstream's Flax modules (``octo/model/octo_module.py`` a
     tasks:        image_<k> (B, H, W, 3) uint8, pad_mask_dict {key: (B,) bool},
                   language_instruction {input_ids, attention_mask} (B, L) int
 
-Parity details (``shared/facts/OCTO.md`` §2, §4): GELU is the tanh approximation, LayerNorm and
-GroupNorm use eps 1e-6, StdConv standardizes its kernel with eps 1e-5 on the (population) std,
-queries are scaled by 1/sqrt(head_dim) before the dot product, and masked logits are *replaced*
-by the dtype's minimum (not −inf), so a query whose keys are all padding attends uniformly
-instead of producing NaN.
+Parity details (upstream octo-models/octo with flax 0.7.5's defaults): GELU is the tanh
+approximation, LayerNorm and GroupNorm use eps 1e-6, StdConv standardizes its kernel with eps
+1e-5 on the (population) std, queries are scaled by 1/sqrt(head_dim) before the dot product, and
+masked logits are *replaced* by the dtype's minimum (not −inf), so a query whose keys are all
+padding attends uniformly instead of producing NaN.
 """
 
 from __future__ import annotations
