@@ -56,7 +56,7 @@ TRAIN_LOG_CSV = "train_log.csv"
 PAIR_KEY: tuple[str, ...] = ("suite", "task_id", "init_state_index", "episode_index")
 
 #: run.json entries (flattened with dots) that make two runs' numbers incomparable when they
-#: differ: the suite, the evaluation protocol and the simulator stack (README "Simulator pin").
+#: differ: the suite, the evaluation protocol and the simulator stack (docs/running.md).
 CRITICAL_PREFIXES: tuple[str, ...] = (
     "suite",
     "protocol.",

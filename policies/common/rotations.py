@@ -12,7 +12,7 @@ are stated once here so that every adapter means the same thing:
   *intrinsic* (``R = Rx(a) @ Ry(b) @ Rz(c)``), which is also PyTorch3D's ``"XYZ"``.
   DROID's training data and robot stack use extrinsic ``"xyz"``; robomimic's runtime
   ``rot_6d_to_euler_angles(convention="XYZ")`` decodes with the intrinsic one, which does not
-  invert the training encoding (see the diffusion README section).
+  invert the training encoding (see `docs/families/diffusion.md`, "Actions").
 - **Axis-angle** is a 3-vector, unit axis times angle in radians, angle in [0, pi].
 - **Quaternions** are (x, y, z, w), scalar last, as in robosuite and scipy.
 
