@@ -37,6 +37,13 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="NAME[:PATH][?key=value&...], e.g. zero, random, octo_jax:/path/to/ckpt",
     )
     p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy option (same as ?key=value on --policy, which it overrides); repeatable",
+    )
+    p.add_argument(
         "--protocol", default="openvla", help="preset: openvla (default), libero, lerobot"
     )
     p.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
@@ -131,6 +138,7 @@ def _default_out(suite: str, policy: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from evalharness.api import parse_option_items, policy_with_options
     from evalharness.policies import load_policy
     from evalharness.protocols import get_protocol
     from evalharness.runner import RunConfig, Runner, parse_task_ids
@@ -143,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         camera_size=args.camera_size,
         seed=args.seed,
     )
+    args.policy = policy_with_options(args.policy, parse_option_items(args.option))
     config = RunConfig(
         suite=args.suite,
         policy=args.policy,
@@ -389,7 +398,8 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     # Every other `run` flag, taken from the run parser itself so the two never drift apart.
     scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
     _add_run_parser(scratch)
-    shared = {"help", "policy", "out", "seed", "resume", "no_progress"}
+    # `--option` here is the trainer's; the finetuned checkpoint's string carries what it needs.
+    shared = {"help", "policy", "out", "seed", "resume", "no_progress", "option"}
     for action in scratch.choices["run"]._actions:
         if action.dest not in shared:
             e._add_action(action)
@@ -412,14 +422,10 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _finetune_config(args: argparse.Namespace) -> object:
+    from evalharness.api import parse_option_items
     from evalharness.finetune import FinetuneConfig, FinetuneOptions
 
-    family_options: dict[str, str] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {item!r} must be KEY=VALUE")
-        family_options[key.strip()] = value.strip()
+    family_options = parse_option_items(args.option)
     options = FinetuneOptions(
         mode=args.mode,
         steps=args.steps,
@@ -456,6 +462,7 @@ def cmd_finetune_then_eval(args: argparse.Namespace) -> int:
     result = finetune(_finetune_config(args))  # type: ignore[arg-type]
     run_args = argparse.Namespace(**vars(args))
     run_args.policy = result.policy
+    run_args.option = []
     run_args.seed = args.eval_seed
     run_args.out = str(args.eval_out or _default_out(args.suite, result.policy))
     status = cmd_run(run_args)
