@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["check_options", "option_bool", "option_device", "option_int"]
+from evalharness.errors import EvalharnessError
+
+__all__ = ["OptionError", "check_options", "option_bool", "option_device", "option_int"]
+
+
+class OptionError(EvalharnessError, ValueError):
+    """A ``?key=value`` option that is unknown or does not parse (the default error below)."""
+
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -18,7 +25,7 @@ def check_options(
     options: Mapping[str, str],
     known: Iterable[str],
     owner: str,
-    error: type[ValueError] = ValueError,
+    error: type[ValueError] = OptionError,
 ) -> None:
     """Refuse options ``owner`` does not know, listing the ones it does."""
     known = tuple(known)
@@ -32,7 +39,7 @@ def option_bool(
     key: str,
     default: bool,
     owner: str,
-    error: type[ValueError] = ValueError,
+    error: type[ValueError] = OptionError,
 ) -> bool:
     """A true/false option (1/0, true/false, yes/no, on/off), or ``default`` when absent.
 
@@ -53,7 +60,7 @@ def option_int(
     owner: str,
     *,
     minimum: int | None = None,
-    error: type[ValueError] = ValueError,
+    error: type[ValueError] = OptionError,
 ) -> int:
     """An integer option (at least ``minimum`` when given), or ``default`` when absent."""
     if key not in options:
@@ -68,7 +75,7 @@ def option_int(
 
 
 def option_device(
-    options: Mapping[str, str], owner: str, error: type[ValueError] = ValueError
+    options: Mapping[str, str], owner: str, error: type[ValueError] = OptionError
 ) -> str:
     """The torch ``device`` option (``cpu`` default, ``cuda``, ``cuda:1``), checked before any
     weight is built so that a typo or a missing GPU is named instead of failing inside torch."""
