@@ -1,4 +1,9 @@
-"""`evalharness` command line: run, suites, protocols, summarize, dashboard, compare."""
+"""`evalharness` command line: run, suites, protocols, summarize, dashboard, compare.
+
+Exit status: 0 done; 2 an error the user can fix (an `EvalharnessError`, printed as one
+`error: ...` line); 1 a bug (any other exception, printed with its traceback); 128 + signal
+when interrupted.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from evalharness.errors import EvalharnessError, UsageError
 
 DEFAULT_OUT = "results"
 
@@ -126,60 +134,46 @@ def _wait_action(text: str | None) -> tuple[float, ...] | None:
     try:
         values = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise ValueError(f"--wait-action {text!r} must be 7 comma-separated numbers") from None
+        raise UsageError(f"--wait-action {text!r} must be 7 comma-separated numbers") from None
     if len(values) != 7:
-        raise ValueError(f"--wait-action needs 7 numbers, got {len(values)}: {text!r}")
+        raise UsageError(f"--wait-action needs 7 numbers, got {len(values)}: {text!r}")
     return values
 
 
 def _default_out(suite: str, policy: str) -> Path:
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in policy.split("?")[0])
-    return Path(DEFAULT_OUT) / f"{suite}-{name.strip('_')}"
+    from evalharness.api import default_run_dir
+
+    return default_run_dir(suite, policy)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from evalharness.api import parse_option_items, policy_with_options
-    from evalharness.policies import load_policy
-    from evalharness.protocols import get_protocol
-    from evalharness.runner import RunConfig, Runner, parse_task_ids
+    from evalharness.api import evaluate, parse_option_items
 
-    protocol = get_protocol(args.protocol).with_overrides(
+    evaluate(
+        args.policy,
+        args.suite,
+        tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
+        protocol=args.protocol,
+        out=args.out or _default_out(args.suite, args.policy),
+        options=parse_option_items(args.option),
+        num_envs=args.num_envs,
+        seed=args.seed,
         max_steps=args.max_steps,
         num_steps_wait=args.num_steps_wait,
         wait_action=_wait_action(args.wait_action),
         camera_size=args.camera_size,
-        seed=args.seed,
-    )
-    args.policy = policy_with_options(args.policy, parse_option_items(args.option))
-    config = RunConfig(
-        suite=args.suite,
-        policy=args.policy,
-        out_dir=Path(args.out) if args.out else _default_out(args.suite, args.policy),
-        protocol=protocol,
-        task_ids=parse_task_ids(args.tasks) if args.tasks else None,
-        num_envs=args.num_envs,
-        video_episodes=args.video,
-        resume=args.resume,
         exec_horizon=args.exec_horizon,
-        temporal_ensemble_weight=args.temporal_ensemble,
+        temporal_ensemble=args.temporal_ensemble,
+        video=args.video,
+        resume=args.resume,
         progress=not args.no_progress and sys.stderr.isatty(),
         episode_timeout=args.episode_timeout,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_envs_per_worker=args.ray_envs_per_worker,
+        ray_gpus_per_worker=args.ray_gpus_per_worker,
     )
-    config.tasks()  # validates task ids before any process starts
-    policy = load_policy(args.policy, suite=args.suite)
-    if args.executor == "ray":
-        from evalharness.ray_executor import RayRunner
-
-        RayRunner(
-            config,
-            policy,
-            address=args.ray_address,
-            envs_per_worker=args.ray_envs_per_worker,
-            gpus_per_worker=args.ray_gpus_per_worker,
-        ).run()
-    else:
-        Runner(config, policy).run()
     return 0
 
 
@@ -228,7 +222,7 @@ def _labels(text: str | None, count: int) -> list[str] | None:
         return None
     labels = [x.strip() for x in text.split(",")]
     if len(labels) != count or not all(labels):
-        raise ValueError(f"--labels {text!r} must name each of the {count} runs, comma-separated")
+        raise UsageError(f"--labels {text!r} must name each of the {count} runs, comma-separated")
     return labels
 
 
@@ -527,6 +521,64 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser(
+        "serve",
+        help="serve a policy over WebSocket (openpi and evalharness protocols)",
+        description=(
+            "Serve any registered policy to openpi clients (one observation per request) and to "
+            "'evalharness run --policy remote:ws://HOST:PORT' (whole batches). Concurrent "
+            "requests are batched; GET /health answers once the policy is loaded."
+        ),
+        epilog="example: evalharness serve --policy octo_jax:/ckpt --port 8000 --max-batch 16",
+    )
+    v.add_argument("--policy", required=True, help="NAME[:PATH][?key=value&...] to serve")
+    v.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
+    )
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    v.add_argument(
+        "--max-batch", type=int, default=8, help="most observations in one act() (default 8)"
+    )
+    v.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its act() (default 5)",
+    )
+    v.add_argument(
+        "--token",
+        default=None,
+        help="shared token clients must send (default: $EVALHARNESS_TOKEN; none: no check)",
+    )
+    v.add_argument(
+        "--max-message-mb", type=float, default=64.0, help="largest message accepted (default 64)"
+    )
+    v.add_argument(
+        "--suite", default=None, help="suite whose statistics a multi-dataset checkpoint uses"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from evalharness.policies.remote.client import TOKEN_ENV
+    from evalharness.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        policy=args.policy,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        suite=args.suite,
+    )
+    serve(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalharness",
@@ -555,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parsers(sub)
     _add_finetune_parsers(sub)
     _add_record_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -569,14 +622,12 @@ COMMANDS = {
     "finetune-then-eval": cmd_finetune_then_eval,
     "doctor": cmd_doctor,
     "record": cmd_record,
+    "serve": cmd_serve,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from evalharness.policies import PolicyStringError
-    from evalharness.runner import RunError
-
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
@@ -586,9 +637,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shell's 128 + signal convention.
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    except (RunError, PolicyStringError, ValueError, FileNotFoundError) as exc:
+    except EvalharnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Not an error a user can fix: the traceback is what a bug report needs.
+        traceback.print_exc()
+        print(
+            f"evalharness {args.command}: this is a bug (an unexpected {type(exc).__name__}); "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

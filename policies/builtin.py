@@ -84,3 +84,5 @@ register_policy("diffusion", "evalharness.policies.diffusion.policy:make_diffusi
 register_policy("octo_pt", "evalharness.policies.octo_pt.policy:make_octo_pt_policy")
 # Octo in JAX/Flax (upstream-compatible checkpoints); lazy: importing it loads jax and flax.
 register_policy("octo_jax", "evalharness.policies.octo_jax.policy:make_octo_jax_policy")
+# A model behind a policy server (openpi, vla-eval, evalharness serve); lazy: needs websockets.
+register_policy("remote", "evalharness.policies.remote.policy:make_remote_policy")
