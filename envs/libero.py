@@ -37,6 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from evalharness.envs.rotations import quat2axisangle, rotate180
+from evalharness.errors import EvalharnessError
 
 # Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
 # is the only backend that works on clusters without a display.
@@ -75,7 +76,7 @@ class TaskInfo:
     num_init_states: int
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(EvalharnessError, ValueError):
     """A suite name or task id that LIBERO does not have."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from evalharness.errors import EvalharnessError
 from evalharness.results import HARNESS_FAILURE_REASONS, read_episodes, summarize
 from evalharness.stats import PairedTable, mcnemar_exact_p, paired_difference_ci
 
@@ -86,7 +87,7 @@ EXPECTED_TO_DIFFER: frozenset[str] = frozenset(
 _VIDEO_NAME = re.compile(r"^task(\d+)_ep(\d+)_(success|failure)_.*\.mp4$")
 
 
-class ComparisonError(ValueError):
+class ComparisonError(EvalharnessError, ValueError):
     """A run directory that cannot be read or two runs that cannot be compared; the message
     names the path or runs and what was expected."""
 

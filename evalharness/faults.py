@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
 from evalharness.results import HARNESS_FAILURE_REASONS
 
 FAULTS_ENV = "EVALHARNESS_FAULTS"
@@ -66,7 +67,7 @@ def harness_failure_counts(episodes: Any) -> dict[str, int]:
     return {r: reasons.count(r) for r in sorted(set(reasons))}
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(EvalharnessError, ValueError):
     """An `EVALHARNESS_FAULTS` value that does not parse."""
 
 
@@ -74,7 +75,7 @@ class SimUnstableError(RuntimeError):
     """The simulator produced non-finite state, warned of instability, or raised in `step`."""
 
 
-class EnvBuildError(RuntimeError):
+class EnvBuildError(EvalharnessError, RuntimeError):
     """An env could not be built (after retries, for EGL/OpenGL errors)."""
 
 

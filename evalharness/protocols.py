@@ -15,6 +15,12 @@ from types import MappingProxyType
 from typing import Any
 
 from evalharness.envs.libero import SUITES
+from evalharness.errors import EvalharnessError
+
+
+class ProtocolError(EvalharnessError, ValueError):
+    """A protocol name or override that does not exist or is out of range."""
+
 
 GRIPPER_OPEN_NOOP = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 ZERO_ACTION = (0.0,) * 7
@@ -43,31 +49,31 @@ class Protocol:
         # Read-only, so an overridden copy can never change the preset it came from.
         object.__setattr__(self, "max_steps", MappingProxyType(dict(self.max_steps)))
         if self.episodes_per_task < 1:
-            raise ValueError(
+            raise ProtocolError(
                 f"protocol {self.name}: episodes_per_task must be >= 1, got {self.episodes_per_task}"
             )
         for suite, steps in self.max_steps.items():
             if steps < 1:
-                raise ValueError(
+                raise ProtocolError(
                     f"protocol {self.name}: max_steps[{suite}] must be >= 1, got {steps}"
                 )
         if self.num_steps_wait < 0:
-            raise ValueError(
+            raise ProtocolError(
                 f"protocol {self.name}: num_steps_wait must be >= 0, got {self.num_steps_wait}"
             )
         if len(self.wait_action) != 7:
-            raise ValueError(
+            raise ProtocolError(
                 f"protocol {self.name}: wait_action must have 7 values, got {list(self.wait_action)}"
             )
         if self.camera_size < 8:
-            raise ValueError(
+            raise ProtocolError(
                 f"protocol {self.name}: camera_size must be >= 8, got {self.camera_size}"
             )
 
     def max_steps_for(self, suite: str) -> int:
         """The step limit of `suite` (warm-up steps not counted)."""
         if suite not in self.max_steps:
-            raise ValueError(
+            raise ProtocolError(
                 f"protocol {self.name} has no step limit for suite {suite!r}; "
                 f"it knows {', '.join(self.max_steps)}"
             )
@@ -84,7 +90,9 @@ class Protocol:
         }
         unknown = set(changes) - known
         if unknown:
-            raise ValueError(f"unknown protocol field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ProtocolError(
+                f"unknown protocol field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         if isinstance(changes.get("max_steps"), int):
             changes["max_steps"] = dict.fromkeys(self.max_steps, changes["max_steps"])
         if "wait_action" in changes:
@@ -153,5 +161,5 @@ PROTOCOLS: dict[str, Protocol] = {
 def get_protocol(name: str) -> Protocol:
     """A preset by name, with an error listing the presets."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
+        raise ProtocolError(f"unknown protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evalharness.errors import EvalharnessError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no fcntl
@@ -32,6 +34,8 @@ except ImportError:  # pragma: no cover - Windows has no fcntl
 __all__ = [
     "EPISODE_COLUMNS",
     "HARNESS_FAILURE_REASONS",
+    "MissingResultsError",
+    "ResultsFileError",
     "SUMMARY_COLUMNS",
     "TIMING_COLUMNS",
     "EpisodeLog",
@@ -152,8 +156,17 @@ def _parse_header(first_line: str) -> list[str]:
     return next(csv.reader([first_line]), [])
 
 
-def _header_error(path: Path, found: list[str]) -> ValueError:
-    return ValueError(
+class ResultsFileError(EvalharnessError, ValueError):
+    """An ``episodes.csv`` or ``summary.csv`` that is not one this version writes (foreign
+    header, a bad value, an episode logged twice); the message names the file and line."""
+
+
+class MissingResultsError(EvalharnessError, FileNotFoundError):
+    """A results file that does not exist where a run directory should hold it."""
+
+
+def _header_error(path: Path, found: list[str]) -> ResultsFileError:
+    return ResultsFileError(
         f"{path}: not an episodes file of this version: expected columns "
         f"{list(EPISODE_COLUMNS)}, found {found}"
     )
@@ -317,7 +330,7 @@ def _parse_cell(path: Path, lineno: int, column: str, text: str) -> object:
                 return False
             raise ValueError("not a bool")
     except ValueError:
-        raise ValueError(f"{path}, line {lineno}: bad {column} value {text!r}") from None
+        raise ResultsFileError(f"{path}, line {lineno}: bad {column} value {text!r}") from None
     return text
 
 
@@ -327,13 +340,14 @@ def read_episodes(path: str | os.PathLike[str]) -> pd.DataFrame:
     Integer columns come back as int64, ``success`` as bool, ``wall_seconds`` as float and the
     text columns as ``str`` with ``""`` for empty values. A final line without its newline (a
     writer killed mid-row) is dropped with a warning. A missing file raises
-    ``FileNotFoundError`` and a foreign header ``ValueError``, both naming the file.
+    ``MissingResultsError`` (a ``FileNotFoundError``) and a foreign header or bad value
+    ``ResultsFileError`` (a ``ValueError``), both naming the file.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"episodes file not found: {path}") from None
+        raise MissingResultsError(f"episodes file not found: {path}") from None
     whole, tail = _split_complete(data)
     if tail:
         warnings.warn(
@@ -353,7 +367,7 @@ def read_episodes(path: str | os.PathLike[str]) -> pd.DataFrame:
         if not record:
             continue
         if len(record) != len(EPISODE_COLUMNS):
-            raise ValueError(
+            raise ResultsFileError(
                 f"{path}, line {lineno}: expected {len(EPISODE_COLUMNS)} fields, "
                 f"found {len(record)}"
             )
@@ -464,7 +478,7 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
     dup = df.duplicated(key, keep=False)
     if dup.any():
         first = df.loc[dup, key].sort_values(key).iloc[0].tolist()
-        raise ValueError(
+        raise ResultsFileError(
             f"{int(dup.sum())} episode rows share (suite, task_id, episode_index) with another "
             f"row, e.g. {first}; each episode must be logged once"
         )
@@ -582,7 +596,7 @@ def read_summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a ``summary.csv`` written by :func:`write_summary`, skipping its ``#`` header."""
     _, body = _split_summary(Path(path))
     if not body.strip():
-        raise ValueError(f"{path}: summary file has no table")
+        raise ResultsFileError(f"{path}: summary file has no table")
     str_columns = {c: str for c, t in _SUMMARY_DTYPES.items() if t is str}
     # Not comment="#": an instruction may legitimately contain '#'.
     df = pd.read_csv(

@@ -35,6 +35,7 @@ import pandas as pd
 from evalharness import __version__, faults, render_check
 from evalharness.batching import pad_batch, padded_size
 from evalharness.envs.libero import TaskInfo, get_task, list_tasks
+from evalharness.errors import RunError, UsageError
 from evalharness.identity import (
     checkpoint_digest,
     differing_fields,
@@ -70,12 +71,9 @@ MIN_FREE_BYTES = 64 * 1024 * 1024
 RESET_TIMEOUT_S = 600.0
 
 
-class RunError(RuntimeError):
-    """A run that cannot start or cannot go on; the message says what to change."""
-
-
-class WorkerError(RunError):
-    """An env worker failed; the message names the worker, task and episode."""
+class WorkerError(RuntimeError):
+    """A bug inside an env worker (not a fault it survives); the message names the worker,
+    task and episode and carries the worker's traceback."""
 
 
 class PolicyError(RunError):
@@ -110,11 +108,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:
-            raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
+            raise UsageError(f"--num-envs must be >= 1, got {self.num_envs}")
         if self.episode_timeout is not None and not self.episode_timeout > 0:
-            raise ValueError(f"--episode-timeout must be > 0 seconds, got {self.episode_timeout}")
+            raise UsageError(f"--episode-timeout must be > 0 seconds, got {self.episode_timeout}")
         if self.video_episodes < 0:
-            raise ValueError(f"--video must be >= 0, got {self.video_episodes}")
+            raise UsageError(f"--video must be >= 0, got {self.video_episodes}")
 
     def tasks(self) -> list[TaskInfo]:
         if self.task_ids is None:
@@ -138,11 +136,11 @@ def parse_task_ids(text: str) -> tuple[int, ...]:
             else:
                 ids.append(int(part))
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"bad task list {text!r}: {part!r} is not an id or a range like 5-7"
             ) from None
     if not ids:
-        raise ValueError(f"bad task list {text!r}: no task ids")
+        raise UsageError(f"bad task list {text!r}: no task ids")
     return tuple(dict.fromkeys(ids))
 
 
@@ -213,10 +211,6 @@ class _WorkerTimeout(Exception):
     """The worker did not answer within the episode's remaining time."""
 
 
-class _SimUnstable(Exception):
-    """The worker reports simulator instability; its env was closed."""
-
-
 class WorkerPool:
     """N spawned worker processes, each serving one `EpisodeEnv` over a pipe.
 
@@ -275,7 +269,7 @@ class WorkerPool:
             return payload
         message, tb = payload
         if status == "unstable":
-            raise _SimUnstable(message)
+            raise faults.SimUnstableError(message)
         if status == "build_error":
             raise RunError(message)
         raise WorkerError(f"env worker {slot} failed during {what}: {message}\n{tb}")
@@ -408,6 +402,11 @@ class Runner:
     def _full_identity(self, versions: dict[str, str]) -> dict[str, Any]:
         """Everything that changes outcomes (see evalharness.identity), hashed into run.json."""
         path = parse_policy_string(self.config.policy).path
+        extra = {}
+        # What identifies a model beyond a checkpoint file (a policy server's metadata, see
+        # policies.remote); absent for local policies, so their identities are unchanged.
+        if getattr(self.policy, "identity", None):
+            extra["policy_identity"] = self.policy.identity  # type: ignore[attr-defined]
         return dict(
             normalize(
                 self._identity()
@@ -415,6 +414,7 @@ class Runner:
                     "checkpoint_sha256": checkpoint_digest(path),
                     "versions": outcome_versions(versions),
                 }
+                | extra
             )
         )
 
@@ -709,7 +709,7 @@ class Runner:
             self._pool.restart(slot)
             self._built[slot] = None
             self._fault_row(a, faults.EPISODE_TIMEOUT, f"{exc} ({self.episode_timeout:.0f} s)")
-        except _SimUnstable as exc:
+        except faults.SimUnstableError as exc:
             self._built[slot] = None  # the worker closed its env; the next reset rebuilds
             self._fault_row(a, faults.SIM_UNSTABLE, str(exc))
         finally:

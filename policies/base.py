@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from evalharness.envs.rotations import ORIENTATIONS
+from evalharness.errors import EvalharnessError
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Policy(abc.ABC):
         """Action chunks (B, action_horizon, action_dim) for a batch of windowed observations."""
 
 
-class PolicyOutputError(RuntimeError):
+class PolicyOutputError(EvalharnessError, RuntimeError):
     """A policy returned something the environment cannot execute."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from evalharness.envs.rotations import ORIENTATIONS
+from evalharness.errors import EvalharnessError
 from evalharness.policies.base import Policy
 from evalharness.policies.common.compat import CheckpointError
 from evalharness.policies.common.normalization import evaluation_suite
@@ -25,7 +26,7 @@ PolicyFactory = Callable[..., Policy]
 _FACTORIES: dict[str, PolicyFactory | str] = {}
 
 
-class PolicyStringError(ValueError):
+class PolicyStringError(EvalharnessError, ValueError):
     """A policy string that does not parse or names no known policy."""
 
 

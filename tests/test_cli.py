@@ -76,3 +76,31 @@ def test_bad_input_exits_2_with_a_message_that_names_the_problem(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_a_user_error_prints_one_line_without_traceback_and_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    argv = ["run", "--suite", "libero_spatial", "--policy", "zero", "--tasks", "a-b"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: bad task list 'a-b': 'a-b' is not an id or a range like 5-7\n")
+
+
+@pytest.mark.parametrize("bug", [KeyError("boom"), ValueError("boom")])
+def test_a_bug_prints_its_traceback_and_exits_1(
+    bug: Exception, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ValueError is a bug too: only EvalharnessError subclasses are the user's to fix.
+    def protocols(args: object) -> int:
+        raise bug
+
+    monkeypatch.setitem(COMMANDS, "protocols", protocols)
+    assert main(["protocols"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert f"{type(bug).__name__}: {bug}\n" in err
+    assert err.endswith(
+        f"evalharness protocols: this is a bug (an unexpected {type(bug).__name__}); please "
+        "report it with the traceback above\n"
+    )

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
+
 Shape = tuple[int, ...]
 #: explain(key, checkpoint_shape, model_shape) -> plain-language reason, or None if unknown.
 Explainer = Callable[[str, "Shape | None", "Shape | None"], "str | None"]
@@ -44,7 +46,7 @@ STATUSES = ("loaded", "missing", "unexpected", "shape_mismatch", "partial", "ski
 _PROBLEMS = ("missing", "unexpected", "shape_mismatch", "partial")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EvalharnessError, ValueError):
     """A checkpoint file or directory that cannot be read as what it claims to be."""
 
 

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from evalharness.errors import EvalharnessError
 from evalharness.policies.common.options import check_options as check_known
 from evalharness.policies.common.options import option_bool as parse_bool
 from evalharness.policies.common.options import option_int as parse_int
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class FinetuneError(ValueError):
+class FinetuneError(EvalharnessError, ValueError):
     """A finetune request that cannot work: says what does not fit and how to fix it."""
 
 

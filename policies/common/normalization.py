@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
+
 _EPS = 1e-8
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _suite_key(keys: list[str], suite: str | None) -> str | None:
     return prefixed[0] if len(prefixed) == 1 else None
 
 
-class StatisticsError(ValueError):
+class StatisticsError(EvalharnessError, ValueError):
     """Dataset statistics that are missing, ambiguous or malformed."""
 
 

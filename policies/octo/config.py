@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from evalharness.errors import EvalharnessError
+
 __all__ = [
     "ConfigError",
     "ContinuousHeadConfig",
@@ -46,7 +48,7 @@ HEADS_MODULE = "octo.model.components.action_heads"
 TEXT_MODULE = "octo.data.utils.text_processing"
 
 
-class ConfigError(ValueError):
+class ConfigError(EvalharnessError, ValueError):
     """An Octo config entry that is missing, malformed or names something unsupported."""
 
 

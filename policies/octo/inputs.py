@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
 from evalharness.policies.common.images import resize_images
 from evalharness.policies.common.normalization import (
     ArrayStatistics,
@@ -43,7 +44,7 @@ __all__ = [
 PAD_MASK = "timestep_pad_mask"
 
 
-class InputError(ValueError):
+class InputError(EvalharnessError, ValueError):
     """An observation batch that does not fit what the checkpoint was trained on."""
 
 

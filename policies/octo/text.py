@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
 from evalharness.policies.octo.config import TextProcessorConfig
 
 __all__ = [
@@ -50,7 +51,7 @@ _HUB_ALIASES = {
 }
 
 
-class TokenizerNotFoundError(FileNotFoundError):
+class TokenizerNotFoundError(EvalharnessError, FileNotFoundError):
     """No tokenizer could be found for the name in the checkpoint's config."""
 
 

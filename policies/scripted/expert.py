@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
 from evalharness.policies.common.rotations import matrix_to_axis_angle
 
 POS_SCALE = 0.05  # metres per unit action (controller output_max)
@@ -30,7 +31,7 @@ Action = np.ndarray
 Skill = Generator[Action, None, None]
 
 
-class UnsupportedTaskError(ValueError):
+class UnsupportedTaskError(EvalharnessError, ValueError):
     """A goal the scripted expert has no skill for; the message names the predicate."""
 
 
