@@ -72,6 +72,7 @@ import json
 import shutil
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,3 +484,19 @@ def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:
         "final_loss": result.losses[-1] if result.losses else None,
     }
     atomic_write_json(run_json, info)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``evalharness.finetune(...)`` is `evalharness.api.finetune`.
+
+    Importing a submodule sets the package attribute of its name to the module, so the
+    package's ``finetune`` must be this module whichever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FinetuneResult:
+        from evalharness.api import finetune as api_finetune
+
+        return api_finetune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
