@@ -49,6 +49,7 @@ import numpy as np
 
 from evalharness import __version__
 from evalharness.batching import pad_batch, padded_size
+from evalharness.errors import EvalharnessError
 from evalharness.identity import checkpoint_digest
 from evalharness.policies.base import Policy, PolicyOutputError, check_actions
 from evalharness.policies.registry import load_policy, parse_policy_string
@@ -67,7 +68,7 @@ OPENPI_KEYS = {wire: standard for standard, wire in DEFAULT_KEYS["openpi"].items
 OPENPI_SEED_BASE = 2**40
 
 
-class ServeError(ValueError):
+class ServeError(EvalharnessError, ValueError):
     """A server that cannot start as configured; the message names the setting."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.errors import EvalharnessError
 from evalharness.policies.remote import codec
 
 #: environment variable holding the shared token sent to (and checked by) servers.
@@ -41,7 +42,7 @@ EVALHARNESS_KEY = "__evalharness__"
 EVALHARNESS_PROTOCOL_VERSION = 1
 
 
-class RemoteError(RuntimeError):
+class RemoteError(EvalharnessError, RuntimeError):
     """A policy server could not be reached, refused a request, or answered out of protocol."""
 
 

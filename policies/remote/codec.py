@@ -26,6 +26,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from evalharness.errors import EvalharnessError
+
 OPENPI = "openpi"
 VLAEVAL = "vlaeval"
 FLAVOURS = (OPENPI, VLAEVAL)
@@ -37,7 +39,7 @@ ALLOWED_KINDS = frozenset("biuf")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-class CodecError(ValueError):
+class CodecError(EvalharnessError, ValueError):
     """A message that cannot be encoded or is refused on decoding; the text says why."""
 
 

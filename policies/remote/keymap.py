@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evalharness.policies.common.options import OptionError
+
 #: the standard keys a key map can send (see evalharness.policies.base).
 STANDARD_KEYS = ("image_primary", "image_wrist", "proprio", "language_instruction")
 
@@ -52,7 +54,7 @@ def parse_key_map(protocol: str, text: str | None, owner: str) -> dict[str, str]
         standard, sep, wire = item.partition(":")
         standard = standard.strip()
         if not sep or standard not in STANDARD_KEYS:
-            raise ValueError(
+            raise OptionError(
                 f"{owner}: option keys={text!r}: item {item!r} must be STANDARD:WIRE with "
                 f"STANDARD one of {', '.join(STANDARD_KEYS)} (an empty WIRE leaves it out)"
             )
@@ -105,7 +107,7 @@ def wire_observation(
             _put(out, wire, str(instruction))
             continue
         if standard not in obs:
-            raise ValueError(
+            raise OptionError(
                 f"the key map sends {standard!r} as {wire!r} but the env's observation has no "
                 f"{standard!r} (it has {', '.join(sorted(obs))})"
             )
