@@ -331,7 +331,7 @@ def finetune(
 
     config = FinetuneConfig(
         policy=policy,
-        data=Path(data),
+        data=data if isinstance(data, str) else Path(data),
         out_dir=Path(out),
         dataset_spec=dataset_spec,
         options=FinetuneOptions(

@@ -311,7 +311,11 @@ def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         help="FAMILY:CHECKPOINT[?key=value...] to start from, e.g. octo_jax:hf://rail-berkeley/"
         "octo-small-1.5 (options go to the family's trainer, e.g. ?action_horizon=8)",
     )
-    p.add_argument("--data", required=True, help="dataset: a LIBERO .hdf5 file/folder or RLDS")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset: a LIBERO .hdf5 file/folder or RLDS, local or hf://datasets/ORG/NAME@REV",
+    )
     p.add_argument(
         "--dataset-spec",
         default="libero",
@@ -433,7 +437,7 @@ def _finetune_config(args: argparse.Namespace) -> object:
     )
     return FinetuneConfig(
         policy=args.policy,
-        data=Path(args.data),
+        data=args.data,
         out_dir=Path(args.out),
         dataset_spec=args.dataset_spec,
         options=options,

@@ -80,6 +80,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from evalharness.data import DatasetSpec, open_dataset, write_statistics
 from evalharness.data.dataset import Dataset
+from evalharness.policies.common import hub
 from evalharness.policies.common.finetune import DataRequest, FinetuneError
 from evalharness.policies.registry import EVALUATION_ORIENTATION
 
@@ -219,7 +220,7 @@ class FinetuneConfig:
     """One ``evalharness finetune``: from which checkpoint, on which data, to where."""
 
     policy: str  # FAMILY:CKPT[?family options]
-    data: Path
+    data: Path | str  # a local path, or hf://[datasets/]ORG/NAME[@REV][/PATH]
     out_dir: Path
     dataset_spec: str | DatasetSpec = "libero"
     options: FinetuneOptions = field(default_factory=FinetuneOptions)
@@ -394,6 +395,11 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
         "policy": config.policy,
         "family": trainer.family,
         "data": str(config.data),
+        # The commits hub references resolved to (None for local paths).
+        "hub": {
+            "policy": hub.describe(parse_family(config.policy)[1]),
+            "data": hub.describe(str(config.data), default_repo_type="dataset"),
+        },
         "dataset_spec": dataset.spec.name,
         "options": options.to_dict(),
         "data_request": dataclasses.asdict(trainer.data),

@@ -3,7 +3,8 @@
 `run.json` stores the identity and its hash; `--resume` recomputes both and refuses a
 directory whose hash differs, naming every field that changed. The identity holds the suite,
 the policy string, the *content* hash of the checkpoint it points to (a checkpoint rewritten
-in place under the same path is a different policy), the protocol, the env/wrapper settings
+in place under the same path is a different policy; for a hub reference also the commit it
+resolved to), the protocol, the env/wrapper settings
 and the versions of the packages that move numbers. It leaves out what does not change an
 episode's outcome: the number of workers, videos, the output directory, host and git sha.
 """
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evalharness.policies.common import hub
 from evalharness.versions import DISTRIBUTIONS
 
 #: packages whose version changes physics, rendering, or a policy's numerics: all those
@@ -29,7 +31,7 @@ _CHUNK = 1 << 20
 def checkpoint_digest(path: str | os.PathLike[str] | None) -> str | None:
     """sha256 over a checkpoint's bytes: a file, or every file under a directory (relative
     paths included, in sorted order). None when `path` is not a local file or directory (no
-    checkpoint, or a hub id: then the policy string itself identifies it)."""
+    checkpoint, or a hub reference: see `checkpoint_identity`)."""
     if path is None:
         return None
     root = Path(path).expanduser()
@@ -47,6 +49,23 @@ def checkpoint_digest(path: str | os.PathLike[str] | None) -> str | None:
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def checkpoint_identity(path: str | None) -> dict[str, Any]:
+    """The identity entries of the checkpoint a policy string names.
+
+    ``checkpoint_sha256`` is the content hash of the local file or folder (None without one).
+    For a hub reference (``hf://org/name[@REV]``) it hashes the snapshot the policy was loaded
+    from, and ``checkpoint_hub`` records the repository, the revision as written and the
+    commit it resolved to, so a branch that moved upstream is a different identity.
+    """
+    if hub.is_hub_ref(path):
+        resolved = hub.last_resolution(path)
+        return {
+            "checkpoint_sha256": checkpoint_digest(resolved.local_path),
+            "checkpoint_hub": resolved.to_dict(),
+        }
+    return {"checkpoint_sha256": checkpoint_digest(path)}
 
 
 def outcome_versions(versions: Mapping[str, str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from evalharness.data.rlds import read_rlds
 from evalharness.data.spec import DatasetSpec, get_spec
 from evalharness.data.statistics import compute_statistics, normalize_batch, write_statistics
 from evalharness.data.windows import BatchSampler, pad_action_dim
+from evalharness.policies.common import hub
 from evalharness.policies.common.normalization import NormalizationType, select_statistics
 
 
@@ -158,10 +159,14 @@ def open_dataset(
     """Open a dataset with a spec (a `DatasetSpec`, a preset name, a dict or a .json file).
 
     A spec whose format does not match what is at ``path`` is an error that names the preset
-    to use instead.
+    to use instead. ``path`` may be a hub reference, ``hf://datasets/ORG/NAME[@REV][/PATH]``
+    (`evalharness.policies.common.hub`; read from the local cache when offline).
     """
     resolved = get_spec(spec)
-    path = Path(path)
+    try:
+        path = Path(hub.local_path(str(path), default_repo_type="dataset"))
+    except hub.HubError as exc:
+        raise DatasetError(str(exc)) from exc
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     found = detect_format(path)

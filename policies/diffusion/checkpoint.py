@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from evalharness.policies.common import hub
 from evalharness.policies.common.compat import (
     CheckpointError,
     CompatibilityReport,
@@ -81,8 +82,12 @@ def read_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
 
     A truncated or corrupted file raises :class:`CheckpointError` naming it (and never
     suggests `trust`: only a file that names classes or functions to unpickle needs that).
+    ``hf://org/name[@REV]/model.pth`` is read from the Hugging Face hub or its local cache.
     """
-    path = Path(path)
+    try:
+        path = Path(hub.local_path(str(path)))
+    except hub.HubError as exc:
+        raise CheckpointError(str(exc)) from exc
     if not path.is_file():
         raise CheckpointError(f"diffusion checkpoint {str(path)!r} does not exist or is not a file")
     try:

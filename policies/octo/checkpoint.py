@@ -27,9 +27,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from evalharness.policies.common import hub
 from evalharness.policies.common.compat import CheckpointError, check_finite, flatten_tree
 
-HF_PREFIX = "hf://"
+HF_PREFIX = hub.HF_PREFIX
 _NDARRAY, _COMPLEX, _NPSCALAR = 1, 2, 3
 _CHUNKED = "__msgpack_chunked_array__"
 
@@ -231,26 +232,13 @@ def _plain(tree: Any) -> Any:
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A local checkpoint directory, downloading ``hf://org/name`` when online."""
+    """A local checkpoint directory; ``hf://org/name[@REV]`` comes from the Hugging Face hub
+    or, offline, its local cache (`evalharness.policies.common.hub`)."""
     text = str(path)
-    if text.startswith(HF_PREFIX):
-        repo_id = text[len(HF_PREFIX) :].strip("/")
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError as exc:
-            raise CheckpointError(
-                f"{text}: loading from the Hugging Face hub needs `huggingface_hub` "
-                "(pip install huggingface_hub), or download the folder and pass its path"
-            ) from exc
-        try:
-            return Path(snapshot_download(repo_id))
-        except Exception as exc:
-            raise CheckpointError(
-                f"{text}: could not download {repo_id!r} from the Hugging Face hub "
-                f"({type(exc).__name__}: {exc}). Offline? Copy the checkpoint folder to this "
-                "machine and pass its local path instead."
-            ) from exc
-    directory = Path(text).expanduser()
+    try:
+        directory = Path(hub.local_path(text)).expanduser()
+    except hub.HubError as exc:
+        raise CheckpointError(str(exc)) from exc
     if not directory.exists():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     if not directory.is_dir():
@@ -407,7 +395,7 @@ class OctoCheckpoint:
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> OctoCheckpoint:
-    """Read an Octo checkpoint directory (or ``hf://org/name``) without any ML framework."""
+    """Read an Octo checkpoint directory (or ``hf://org/name[@REV]``) without any ML framework."""
     if step is not None and str(path).startswith(HF_PREFIX):
         # Upstream refuses this too: hub repos hold one step.
         raise CheckpointError(f"{path}: a step cannot be chosen for a hub checkpoint")
