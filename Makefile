@@ -6,10 +6,11 @@ export MUJOCO_GL ?= egl
 
 .PHONY: setup demo test lint typecheck pytest bench clean
 
-$(BIN)/evalharness: pyproject.toml
+# Every extra, at the versions CI tests with (constraints.txt; pyproject.toml keeps ranges).
+$(BIN)/evalharness: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[all]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all]"
 	@touch $@
 
 setup: $(BIN)/evalharness
