@@ -12,16 +12,7 @@ policy server, evaluated like any in-process policy.
   map's names (see `keymap`); ``action_horizon`` actions of each returned chunk are kept
   and ``exec_horizon`` of them executed before the next request.
 
-Options (all protocols): ``timeout`` (seconds per reply, 60), ``retries`` (connection
-attempts after the first, 4, waiting 0.5 s, 1 s, 2 s, ...), ``max_message_mb`` (64).
-openpi and vla-eval: ``action_horizon`` (chunk length kept; default the metadata's
-``action_horizon`` if the server sends one, else 5 for openpi, as its LIBERO client's
-``replan_steps``, and 1 for vla-eval, whose servers buffer chunks themselves),
-``exec_horizon`` (default action_horizon), ``image_size`` (square size frames are
-``resize_with_pad``-ed to before sending; openpi 224, vla-eval 0 = as rendered), ``keys``
-(key map overrides), ``episode_messages`` (openpi: send ``episode_start``/``episode_end``
-control messages; newer openpi servers understand them, older ones fail on them; default 0).
-vla-eval always sends its episode messages.
+Options: `RemoteOptions` (one docstring per field; ``evalharness policies`` lists them).
 
 The token for a server started with ``--token`` is read from the ``EVALHARNESS_TOKEN``
 environment variable, never from the policy string (which run.json records).
@@ -39,14 +30,14 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
 
 from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import check_options, option_bool, option_int
+from evalharness.policies.common.options import OptionError, option_field, parse_options
 from evalharness.policies.remote import codec
 from evalharness.policies.remote.client import (
     TOKEN_ENV,
@@ -59,17 +50,8 @@ from evalharness.policies.remote.client import (
 from evalharness.policies.remote.keymap import parse_key_map, wire_observation
 
 PROTOCOLS = ("evalharness", "openpi", "vlaeval")
-OPTIONS = (
-    "protocol",
-    "timeout",
-    "retries",
-    "max_message_mb",
-    "action_horizon",
-    "exec_horizon",
-    "image_size",
-    "keys",
-    "episode_messages",
-)
+#: options that only the one-observation protocols read; an evalharness server sends its spec.
+PEER_ONLY = ("action_horizon", "exec_horizon", "image_size", "keys", "episode_messages")
 OWNER = "policy 'remote'"
 #: openpi's LIBERO client executes this many actions of each chunk (``replan_steps``).
 OPENPI_REPLAN_STEPS = 5
@@ -78,92 +60,85 @@ OPENPI_IMAGE_SIZE = 224
 
 @dataclass(frozen=True)
 class RemoteOptions:
-    """The parsed ``remote:URL?...`` string; see the module docstring for each option."""
+    """Options of ``remote:ws://HOST:PORT?...``."""
 
-    url: str
-    protocol: str = "evalharness"
+    protocol: Literal["evalharness", "openpi", "vlaeval"] = "evalharness"
+    """the server's wire protocol: evalharness (``evalharness serve``, whole batches), openpi
+    or vlaeval (one observation per request)."""
     timeout: float = 60.0
-    retries: int = 4
-    max_message_mb: int = codec.MAX_MESSAGE_BYTES // 2**20
-    action_horizon: int | None = None
-    exec_horizon: int | None = None
-    image_size: int | None = None
-    keys: dict[str, str] = field(default_factory=dict)
+    """seconds to wait for one reply (and for a connection to open)."""
+    retries: int = option_field(4, minimum=0)
+    """connection attempts after the first fails, waiting 0.5 s, 1 s, 2 s, ... between."""
+    max_message_mb: int = option_field(codec.MAX_MESSAGE_BYTES // 2**20, minimum=1)
+    """largest message sent or accepted, in MiB."""
+    action_horizon: int | None = option_field(None, minimum=1)
+    """openpi/vlaeval: actions kept of each returned chunk (default: the metadata's
+    ``action_horizon``, else 5 for openpi as its LIBERO client's replan_steps, 1 for vlaeval)."""
+    exec_horizon: int | None = option_field(None, minimum=1)
+    """openpi/vlaeval: actions executed before the next request (default: min(action_horizon,
+    5) for openpi, action_horizon for vlaeval)."""
+    image_size: int | None = option_field(None, minimum=0)
+    """openpi/vlaeval: square size frames are resize_with_pad-ed to before sending (default
+    224 for openpi, as its LIBERO client; 0 sends frames as rendered)."""
+    keys: str = ""
+    """openpi/vlaeval: key map overrides, ``image_primary:WIRE,image_wrist:,...`` (an empty
+    WIRE leaves that observation out; ``.`` nests: ``images.agentview``)."""
     episode_messages: bool = False
+    """openpi: send ``episode_start``/``episode_end`` control messages (newer openpi servers
+    understand them, older ones fail on them). vla-eval always gets its episode messages."""
 
     @classmethod
-    def parse(cls, path: str | None, options: Mapping[str, str]) -> RemoteOptions:
-        """Validate the URL and options, naming the one that is wrong."""
-        check_options(options, OPTIONS, OWNER)
-        if not path:
-            raise ValueError(
-                f"{OWNER} needs the server's URL: remote:ws://HOST:PORT[?protocol=...]"
-            )
-        parsed = urlparse(path)
-        if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-            raise ValueError(
-                f"{OWNER}: {path!r} is not a WebSocket URL; expected ws://HOST:PORT "
-                "(or wss://HOST:PORT)"
-            )
-        protocol = options.get("protocol", "evalharness")
-        if protocol not in PROTOCOLS:
-            raise ValueError(
-                f"{OWNER}: option protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}"
-            )
-        try:
-            timeout = float(options.get("timeout", 60.0))
-        except ValueError:
-            raise ValueError(
-                f"{OWNER}: option timeout={options['timeout']!r} must be seconds"
-            ) from None
-        if not timeout > 0:
-            raise ValueError(f"{OWNER}: option timeout={timeout} must be > 0 seconds")
-        if protocol == "evalharness":
-            local = set(options) & {
-                "action_horizon",
-                "exec_horizon",
-                "image_size",
-                "keys",
-                "episode_messages",
-            }
+    def parse(cls, options: Mapping[str, str]) -> RemoteOptions:
+        """Validate ``?key=value`` options, naming the one that is wrong."""
+        parsed = parse_options(cls, options, OWNER)
+        if not parsed.timeout > 0:
+            raise OptionError(f"{OWNER}: option timeout={parsed.timeout} must be > 0 seconds")
+        if parsed.protocol == "evalharness":
+            local = sorted(set(options) & set(PEER_ONLY))
             if local:
-                raise ValueError(
-                    f"{OWNER}: option(s) {sorted(local)} apply to protocol=openpi|vlaeval; an "
+                raise OptionError(
+                    f"{OWNER}: option(s) {local} apply to protocol=openpi|vlaeval; an "
                     "evalharness server sends its policy's spec (override the chunk execution "
                     "with --exec-horizon)"
                 )
-        default_size = OPENPI_IMAGE_SIZE if protocol == "openpi" else 0
-        horizon = options.get("action_horizon")
-        exec_horizon = options.get("exec_horizon")
-        return cls(
-            url=path,
-            protocol=protocol,
-            timeout=timeout,
-            retries=option_int(options, "retries", 4, OWNER, minimum=0),
-            max_message_mb=option_int(
-                options, "max_message_mb", codec.MAX_MESSAGE_BYTES // 2**20, OWNER, minimum=1
-            ),
-            action_horizon=None
-            if horizon is None
-            else option_int(options, "action_horizon", 1, OWNER, minimum=1),
-            exec_horizon=None
-            if exec_horizon is None
-            else option_int(options, "exec_horizon", 1, OWNER, minimum=1),
-            image_size=option_int(options, "image_size", default_size, OWNER, minimum=0) or None,
-            keys=parse_key_map(protocol, options.get("keys"), OWNER)
-            if protocol != "evalharness"
-            else {},
-            episode_messages=option_bool(options, "episode_messages", False, OWNER),
-        )
+        else:
+            parsed.key_map()  # a malformed key map is named now, not at the first act()
+        return parsed
 
-    def endpoint(self) -> Endpoint:
-        return Endpoint(
-            url=self.url,
-            token=os.environ.get(TOKEN_ENV) or None,
-            timeout=self.timeout,
-            retries=self.retries,
-            max_message_bytes=self.max_message_mb * 2**20,
+    def key_map(self) -> dict[str, str]:
+        """The wire names of the standard observation keys (openpi and vla-eval)."""
+        return parse_key_map(self.protocol, self.keys, OWNER)
+
+    def resolved_image_size(self) -> int | None:
+        """Square size frames are sent at; None: as rendered."""
+        size = self.image_size
+        if size is None:
+            size = OPENPI_IMAGE_SIZE if self.protocol == "openpi" else 0
+        return size or None
+
+
+def check_url(path: str | None) -> str:
+    """The server URL of a ``remote:URL`` string, checked."""
+    if not path:
+        raise OptionError(f"{OWNER} needs the server's URL: remote:ws://HOST:PORT[?protocol=...]")
+    parsed = urlparse(path)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise OptionError(
+            f"{OWNER}: {path!r} is not a WebSocket URL; expected ws://HOST:PORT "
+            "(or wss://HOST:PORT)"
         )
+    return path
+
+
+def endpoint(url: str, options: RemoteOptions) -> Endpoint:
+    """Where to connect and how patiently; the token comes from the environment."""
+    return Endpoint(
+        url=url,
+        token=os.environ.get(TOKEN_ENV) or None,
+        timeout=options.timeout,
+        retries=options.retries,
+        max_message_bytes=options.max_message_mb * 2**20,
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -190,9 +165,12 @@ class RemotePolicy(Policy):
     #: requests carry exactly the live envs: padding would only cost bandwidth.
     pad_batch = False
 
-    def __init__(self, options: RemoteOptions) -> None:
+    def __init__(self, url: str, options: RemoteOptions) -> None:
+        self.url = url
         self.options = options
-        self.endpoint = options.endpoint()
+        self.keys = options.key_map() if options.protocol != "evalharness" else {}
+        self.image_size = options.resolved_image_size()
+        self.endpoint = endpoint(url, options)
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._episodes: dict[int, Any] = {}  # episode_seed -> its session (openpi, vla-eval)
@@ -208,7 +186,7 @@ class RemotePolicy(Policy):
                 | _plain(served)
                 | {"spec": _plain(first.info.get("spec", {}))}
             )
-            self.checkpoint = f"{first.info.get('policy')} via {options.url}"
+            self.checkpoint = f"{first.info.get('policy')} via {url}"
         else:
             self._batched = None
             self._idle.append(first)
@@ -216,7 +194,7 @@ class RemotePolicy(Policy):
             self.spec = self._peer_spec(described)
             self.identity = {"protocol": options.protocol, "server": _plain(described)}
             self.checkpoint = (
-                f"{options.protocol} server {options.url} "
+                f"{options.protocol} server {url} "
                 f"(metadata sha256 {_digest(self.identity['server'])[:12]})"
             )
         atexit.register(self.close)
@@ -240,15 +218,15 @@ class RemotePolicy(Policy):
         if o.protocol == "vlaeval" and o.exec_horizon is None:
             exec_horizon = horizon
         if exec_horizon > horizon:
-            raise ValueError(
+            raise OptionError(
                 f"{OWNER}: exec_horizon={exec_horizon} exceeds action_horizon={horizon}"
             )
         return PolicySpec(
             name="remote",
             action_horizon=horizon,
             exec_horizon=exec_horizon,
-            needs_language="language_instruction" in o.keys,
-            uses_images=any(k.startswith("image_") for k in o.keys),
+            needs_language="language_instruction" in self.keys,
+            uses_images=any(k.startswith("image_") for k in self.keys),
         )
 
     # -- the contract ------------------------------------------------------------------------
@@ -359,9 +337,8 @@ class RemotePolicy(Policy):
     def _act_one(
         self, seed: int, start: bool, instruction: str, obs: Mapping[str, np.ndarray], row: int
     ) -> np.ndarray:
-        o = self.options
         session = self._session_for(seed, start, instruction)
-        message = wire_observation(obs, row, instruction, o.keys, o.image_size)
+        message = wire_observation(obs, row, instruction, self.keys, self.image_size)
         reply = (
             session.infer(message) if isinstance(session, OpenpiSession) else session.act(message)
         )
@@ -374,19 +351,18 @@ class RemotePolicy(Policy):
             actions = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError):
             raise RemoteError(
-                f"policy server {self.options.url} returned non-numeric actions "
-                f"({type(raw).__name__})"
+                f"policy server {self.url} returned non-numeric actions ({type(raw).__name__})"
             ) from None
         if actions.ndim == 1:
             actions = actions[None]
         if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
             raise RemoteError(
-                f"policy server {self.options.url} returned actions of shape {actions.shape}; "
+                f"policy server {self.url} returned actions of shape {actions.shape}; "
                 f"expected (chunk, {spec.action_dim}) or ({spec.action_dim},)"
             )
         if len(actions) < spec.action_horizon:
             raise RemoteError(
-                f"policy server {self.options.url} returned a chunk of {len(actions)} actions; "
+                f"policy server {self.url} returned a chunk of {len(actions)} actions; "
                 f"action_horizon={spec.action_horizon} needs at least that many (lower the "
                 "option action_horizon)"
             )
@@ -422,4 +398,4 @@ def _served_spec(info: Mapping[str, Any]) -> PolicySpec:
 def make_remote_policy(path: str | None = None, **options: str) -> RemotePolicy:
     """Factory for ``remote:ws://HOST:PORT?protocol=...``; connects at once, so an unreachable
     server or a wrong token is named before any env is built."""
-    return RemotePolicy(RemoteOptions.parse(path, options))
+    return RemotePolicy(check_url(path), RemoteOptions.parse(options))
