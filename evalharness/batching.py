@@ -21,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+# Part of the act() contract, so defined beside it; re-exported here where padding happens.
+from evalharness.policies.base import PAD_SEED_BASE
+
+__all__ = ["BATCH_SIZES", "PAD_SEED_BASE", "pad_batch", "padded_size"]
+
 #: batch sizes a policy is called with; beyond the largest, multiples of it.
 BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-#: episode seeds of padded rows start here; real policy seeds are < 2**32.
-PAD_SEED_BASE = 2**62
 
 
 def padded_size(batch: int, sizes: Sequence[int] = BATCH_SIZES) -> int:

@@ -1,6 +1,6 @@
 """``evalharness doctor``: what does not fit between a checkpoint, a dataset and the env.
 
-    evalharness doctor --policy octo_jax:ckpts/octo-small --data demos/ --suite libero_spatial
+    evalharness doctor --policy FAMILY:CHECKPOINT --data demos/ --suite libero_spatial
 
 Without training or rolling out, each check reads what the three sides declare and reports a
 :class:`Finding` (``ok`` / ``info`` / ``warning`` / ``error``) with the fix:
@@ -14,35 +14,21 @@ Without training or rolling out, each check reads what the three sides declare a
 - environment (``--suite``): cameras, camera size, proprio width, 7-dim actions, and the image
   transform recorded with a finetuned checkpoint (``dataset_spec.json``).
 
-Octo checkpoints (``octo_jax``, ``octo_pt``: one format) are read with the framework-free
-``policies.octo`` code plus, for the weight check, ``octo_jax``'s model shapes when JAX is
-installed. Other families get the checks their ``PolicySpec`` allows.
+The checkpoint side belongs to the family: its registry entry's ``doctor`` hook
+(``policies.common.doctor``) reads the checkpoint and returns its :class:`CheckpointFacts`; a
+family without one gets the checks its loaded ``PolicySpec`` allows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evalharness.policies.common.doctor import SEVERITIES, CheckpointFacts, Finding
 from evalharness.policies.registry import training_orientation
 
-__all__ = ["Finding", "doctor", "format_findings"]
-
-SEVERITIES = ("ok", "info", "warning", "error")
-OCTO_FAMILIES = ("octo_jax", "octo_pt")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One check's outcome: what was compared, what was found, how to fix it."""
-
-    severity: str
-    topic: str
-    message: str
-    fix: str = ""
+__all__ = ["SEVERITIES", "CheckpointFacts", "Finding", "doctor", "format_findings"]
 
 
 def format_findings(findings: list[Finding]) -> str:
@@ -65,96 +51,6 @@ def format_findings(findings: list[Finding]) -> str:
 # -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Model:
-    """What the checkpoint's model takes and produces, family-neutrally."""
-
-    image_sizes: dict[str, tuple[int, int]]
-    lowdim: dict[str, int]
-    window_size: int
-    action_horizon: int
-    action_dim: int
-    needs_language: bool
-    statistics: dict[str, Any]
-    directory: Path | None
-    gripper: str = "octo"
-    family: str = ""
-    resize: str = "lanczos3, as Octo"
-    #: the --policy options that change window and horizon when finetuning.
-    horizon_options: str = "?window_size=N / ?action_horizon=N"
-    #: the diffusion policy's config, for routing data keys to checkpoint keys.
-    diffusion_config: Any = None
-
-
-def _octo_model(path: str, options: dict[str, str], findings: list[Finding]) -> _Model:
-    from evalharness.policies.common.normalization import statistics_keys
-    from evalharness.policies.octo.checkpoint import load_checkpoint, parse_step
-    from evalharness.policies.octo.config import OctoConfig
-    from evalharness.policies.octo.inputs import OctoInputSpec
-
-    step = parse_step(options.get("step"))
-    ckpt = load_checkpoint(path, step)
-    config = OctoConfig.from_checkpoint_config(ckpt.config, source=str(ckpt.directory))
-    inputs = OctoInputSpec.from_example_batch(ckpt.example_batch, config.window_size)
-    head = config.model.action_head
-    try:
-        from evalharness.policies.octo_jax.train import checkpoint_report
-    except ImportError:
-        findings.append(
-            Finding("info", "weights", "JAX is not installed: weight shapes were not compared")
-        )
-    else:
-        _, report = checkpoint_report(path, step)
-        if report.compatible:
-            findings.append(
-                Finding("ok", "weights", f"all {len(report.loaded)} leaves fit config.json")
-            )
-        else:
-            explained = " ".join(report.explanations)
-            fix = "restore config.json to what the weights were trained with"
-            if "action_horizon changed" in explained or "action_dim changed" in explained:
-                fix = (
-                    "undo the head edit in config.json, or keep it and finetune: `evalharness "
-                    "finetune --policy FAMILY:CKPT?action_horizon=N` builds a fresh head "
-                    "(strict=false loads it now with that head freshly initialized)"
-                )
-            findings.append(Finding("error", "weights", report.format(), fix))
-    stats = ckpt.dataset_statistics
-    keys = statistics_keys(stats) if stats else []
-    if not stats:
-        findings.append(
-            Finding(
-                "warning",
-                "statistics",
-                f"{ckpt.directory / 'dataset_statistics.json'} is missing: actions come out "
-                "normalized",
-                "copy the training data's dataset_statistics.json beside config.json",
-            )
-        )
-    elif len(keys) > 1 and "stats" not in options:
-        findings.append(
-            Finding(
-                "warning",
-                "statistics",
-                f"dataset_statistics.json holds {len(keys)} datasets: {', '.join(keys)}",
-                f"pick one with ?stats=KEY on --policy, e.g. ?stats={keys[0]}",
-            )
-        )
-    else:
-        findings.append(Finding("ok", "statistics", f"dataset_statistics.json: {keys or 'one'}"))
-    return _Model(
-        image_sizes=dict(inputs.obs_images),
-        lowdim=dict(inputs.lowdim),
-        window_size=inputs.window_size,
-        action_horizon=head.action_horizon,
-        action_dim=head.action_dim,
-        needs_language=config.model.language_tokenizer is not None,
-        statistics=stats,
-        directory=ckpt.directory,
-        gripper=options.get("gripper", "octo"),
-    )
-
-
 def _statistics_dim(stats: dict[str, Any], key: str | None) -> int | None:
     from evalharness.policies.common.normalization import select_statistics
 
@@ -164,93 +60,11 @@ def _statistics_dim(stats: dict[str, Any], key: str | None) -> int | None:
         return None
 
 
-def _diffusion_model(path: str, options: dict[str, str], findings: list[Finding]) -> _Model:
-    """A robomimic/DROID diffusion policy: its weights, cameras, horizons, normalization."""
-    from evalharness.policies.common.compat import CheckpointMismatchError
-    from evalharness.policies.diffusion.checkpoint import load_checkpoint
-    from evalharness.policies.diffusion.keymap import STANDARD_SOURCES
-
-    trust = options.get("trust", "false").lower() in ("1", "true", "yes", "on")
-    try:
-        loaded = load_checkpoint(path, trust=trust)
-    except CheckpointMismatchError as exc:
-        findings.append(
-            Finding(
-                "error",
-                "weights",
-                exc.report.format(),
-                "restore the config stored in the .pth, or load with ?strict=false",
-            )
-        )
-        loaded = load_checkpoint(path, trust=trust, strict=False)
-    else:
-        findings.append(
-            Finding(
-                "ok",
-                "weights",
-                f"all {len(loaded.report.loaded)} tensors fit the config ({loaded.weights})",
-            )
-        )
-    config = loaded.config
-    if all(key.scale is not None for key in config.action_keys):
-        findings.append(Finding("ok", "statistics", "action_normalization_stats present"))
-    else:
-        findings.append(
-            Finding(
-                "warning",
-                "statistics",
-                f"{path} has no action_normalization_stats: actions come out normalized",
-                "use a checkpoint saved by robomimic's train.py or evalharness finetune",
-            )
-        )
-    images: dict[str, tuple[int, int]] = {}
-    for key in config.visual:
-        source = STANDARD_SOURCES.get(key)
-        shape = config.obs_shapes[key]
-        images[source.key if source else key] = (int(shape[1]), int(shape[2]))
-    return _Model(
-        image_sizes=images,
-        lowdim={},
-        window_size=config.observation_horizon,
-        action_horizon=config.prediction_horizon,
-        action_dim=config.action_dim,
-        needs_language=False,
-        statistics={},
-        directory=Path(path).parent,
-        gripper="libero",
-        family="diffusion",
-        resize="bilinear, antialiased, as robomimic",
-        horizon_options="?observation_horizon=N / ?prediction_horizon=N / ?action_horizon=N",
-        diffusion_config=config,
-    )
-
-
-def _check_diffusion_keys(model: _Model, dataset: Any, first: Any, findings: list[Finding]) -> None:
-    """Which data array feeds each checkpoint observation key (the finetune's routing)."""
-    from evalharness.policies.diffusion.train import route_observations
-
-    proprio = int(np.shape(first["proprio"])[-1]) if "proprio" in first else None
-    routes, dropped = route_observations(model.diffusion_config, dataset.spec, list(first), proprio)
-    for key, route in routes.items():
-        findings.append(Finding("ok", "observation keys", f"{key} ← data {route.describe()}"))
-    if dropped:
-        findings.append(
-            Finding(
-                "warning",
-                "observation keys",
-                f"the checkpoint reads {dropped}, which the data (spec {dataset.spec.name!r}) "
-                "does not hold: finetuning drops them",
-                "name them in the spec: proprio_keys (e.g. obs/joint_states) with proprio_dims, "
-                "or --dataset-spec libero_robomimic for LIBERO's robomimic keys",
-            )
-        )
-
-
-def _spec_model(policy: str) -> _Model:
+def _spec_facts(policy: str) -> CheckpointFacts:
     from evalharness.policies import load_policy
 
     spec = load_policy(policy).spec
-    return _Model(
+    return CheckpointFacts(
         image_sizes=dict(spec.image_sizes),
         lowdim={},
         window_size=spec.window_size,
@@ -263,7 +77,11 @@ def _spec_model(policy: str) -> _Model:
 
 
 def _check_data(
-    model: _Model, data: str, spec_name: str, findings: list[Finding], stats_key: str | None
+    model: CheckpointFacts,
+    data: str,
+    spec_name: str,
+    findings: list[Finding],
+    stats_key: str | None,
 ) -> None:
     from evalharness.data import DatasetError, open_dataset
     from evalharness.policies.common.normalization import Gripper
@@ -312,8 +130,8 @@ def _check_data(
             )
         else:
             findings.append(Finding("ok", "image sizes", f"{key}: {size[0]}×{size[1]}"))
-    if model.family == "diffusion":
-        _check_diffusion_keys(model, dataset, first, findings)
+    for check in model.data_checks:
+        check(dataset, first, findings)
     extra = [k for k in first if k.startswith("image_") and k not in model.image_sizes]
     if extra:
         findings.append(
@@ -369,13 +187,13 @@ def _check_data(
         )
     gripper = np.asarray(first["action"])[:, -1]
     model_gripper = Gripper.parse(model.gripper) if model.gripper != "none" else None
-    if model.family == "diffusion":
+    if model.gripper_converted_by:
         findings.append(
             Finding(
                 "ok",
                 "gripper",
-                f"{spec.gripper_in_file.value} in the file; the diffusion trainer converts "
-                f"{spec.gripper_for_model.value} → libero (−1 open, +1 close)",
+                f"{spec.gripper_in_file.value} in the file; {model.gripper_converted_by} "
+                f"converts {spec.gripper_for_model.value} → {model.gripper} (−1 open, +1 close)",
             )
         )
     elif model_gripper is not None and spec.gripper_for_model != model_gripper:
@@ -421,7 +239,11 @@ def _check_data(
 
 
 def _check_env(
-    model: _Model, suite: str, protocol_name: str, findings: list[Finding], stats_key: str | None
+    model: CheckpointFacts,
+    suite: str,
+    protocol_name: str,
+    findings: list[Finding],
+    stats_key: str | None,
 ) -> None:
     from evalharness.envs.libero import PROPRIO_DIM, SUITES
     from evalharness.protocols import get_protocol
@@ -516,17 +338,16 @@ def doctor(
     protocol: str = "openvla",
 ) -> list[Finding]:
     """Every mismatch between ``policy``'s checkpoint, ``data`` and ``suite`` (see the module)."""
-    from evalharness.policies.registry import parse_policy_string
+    from evalharness.policies.registry import get_family, parse_policy_string
 
     ref = parse_policy_string(policy)
     findings: list[Finding] = []
     try:
-        if ref.name in OCTO_FAMILIES and ref.path:
-            model = _octo_model(ref.path, dict(ref.options), findings)
-        elif ref.name == "diffusion" and ref.path:
-            model = _diffusion_model(ref.path, dict(ref.options), findings)
+        describe = get_family(ref.name).load("doctor")
+        if describe is not None and ref.path:
+            model = describe(ref.path, dict(ref.options), findings)
         else:
-            model = _spec_model(policy)
+            model = _spec_facts(policy)
     except (ValueError, FileNotFoundError) as exc:
         findings.append(Finding("error", "checkpoint", str(exc), "check the path and the files"))
         return findings

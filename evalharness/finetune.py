@@ -1,8 +1,8 @@
 """Finetune a pretrained policy on a dataset, family-neutrally: the driver and the ``Trainer``.
 
-    evalharness finetune --policy octo_jax:/ckpts/octo-small --data demos/ --dataset-spec libero \\
-        --mode head_only --steps 5000 --batch-size 64 --out ckpts/octo_libero
-    evalharness run --suite libero_spatial --policy octo_jax:ckpts/octo_libero
+    evalharness finetune --policy FAMILY:/ckpts/pretrained --data demos/ --dataset-spec libero \\
+        --mode head_only --steps 5000 --batch-size 64 --out ckpts/finetuned
+    evalharness run --suite libero_spatial --policy FAMILY:ckpts/finetuned
 
 The driver owns everything that is the same for every model family: reading the data
 (`evalharness.data`), the loop and its tqdm bar, ``train_log.csv``, periodic checkpoints,
@@ -11,7 +11,7 @@ loss and checkpoint format behind the small :class:`Trainer` protocol.
 
 Output directory::
 
-    OUT/<family's checkpoint files>      what the family's strict loader reads (octo_jax:
+    OUT/<family's checkpoint files>      what the family's strict loader reads (Octo's layout:
                                          OUT/<step>/default/checkpoint, config.json, ...)
     OUT/dataset_statistics.json          statistics of the training data (Octo's layout)
     OUT/dataset_spec.json                the DatasetSpec (key map, image transform, gripper):
@@ -22,11 +22,12 @@ Output directory::
     OUT/train_log.csv                    step, loss, learning_rate, grad_norm (one row per step)
     OUT/train_state/<step>.bin           optimizer state etc. for --resume (latest.json points)
 
-Adding a family (``octo_pt``, ``diffusion``)
---------------------------------------------
+Adding a family
+---------------
 Write ``from_pretrained(checkpoint, dataset, options) -> Trainer`` in the family's folder and
-register it lazily here with :func:`register_trainer` (``"module:function"``), as policies are
-registered. The contract, which the driver relies on and tests check for ``octo_jax``:
+name it in the family's registry entry (``trainer="package.module:from_pretrained"``, see
+``docs/adding-a-policy-family.md``); the driver finds it there. The contract, which the driver
+relies on and the families' tests check:
 
 1. ``from_pretrained(checkpoint: str, dataset: evalharness.data.Dataset, options:
    FinetuneOptions)`` builds the model *for the new data*: observation keys the data lacks are
@@ -54,9 +55,10 @@ registered. The contract, which the driver relies on and tests check for ``octo_
 7. Optionally ``trainer.input_orientation``: the orientation of the camera frames the saved
    policy expects at ``act()`` (``upright``, the env's frames, or ``raw``). Default: the
    dataset spec's ``model_orientation`` (the model saw the frames as the data layer reads
-   them). A family whose adapter turns frames itself (the diffusion policy shows LIBERO-named
-   cameras raw frames) trains on what its adapter shows and says ``upright``. The driver writes
-   it to ``dataset_spec.json`` as ``evaluation_orientation``; ``load_policy`` reads it back.
+   them). A family whose adapter turns frames itself (the robomimic UNet adapter shows
+   LIBERO-named cameras raw frames) trains on what its adapter shows and says ``upright``.
+   The driver writes it to ``dataset_spec.json`` as ``evaluation_orientation``;
+   ``load_policy`` reads it back.
 
 Learning rate: AdamW with a linear warmup from 0 to ``learning_rate`` over ``warmup_steps``,
 then cosine decay to 0 at ``steps`` (upstream Octo's finetune schedule), weight decay 0.01 on
@@ -67,7 +69,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib
 import json
 import shutil
 import sys
@@ -174,45 +175,42 @@ class Trainer(Protocol):
 
 TrainerFactory = Callable[[str, Dataset, FinetuneOptions], Trainer]
 
-_TRAINERS: dict[str, TrainerFactory | str] = {
-    "octo_jax": "evalharness.policies.octo_jax.train:from_pretrained",
-    "octo_pt": "evalharness.policies.octo_pt.train:from_pretrained",
-    "diffusion": "evalharness.policies.diffusion.train:from_pretrained",
-}
-
 
 def register_trainer(name: str, factory: TrainerFactory | str) -> None:
-    """Register ``factory(checkpoint, dataset, options) -> Trainer`` (or a lazy
-    ``"package.module:function"``) under the policy family name ``name``."""
-    if name in _TRAINERS and _TRAINERS[name] != factory:
+    """Give the registered policy family ``name`` a trainer ``factory(checkpoint, dataset,
+    options) -> Trainer`` (or a lazy ``"package.module:function"``). A family declares its
+    trainer in its registry entry; this is for notebooks and tests."""
+    from evalharness.policies.registry import get_family, register_family, unregister_family
+
+    family = get_family(name)
+    if family.trainer is not None and family.trainer != factory:
         raise ValueError(f"a trainer for {name!r} is already registered")
-    _TRAINERS[name] = factory
+    unregister_family(name)
+    register_family(dataclasses.replace(family, trainer=factory))
 
 
 def known_trainers() -> list[str]:
-    return sorted(_TRAINERS)
+    """The registered families that can be finetuned (their entry names a trainer)."""
+    from evalharness.policies.registry import families
+
+    return [name for name, family in families().items() if family.trainer is not None]
 
 
 def get_trainer_factory(name: str) -> TrainerFactory:
-    """The factory for family ``name``, imported on first use."""
-    entry = _TRAINERS.get(name)
-    if entry is None:
+    """The trainer factory of family ``name``, from the policy registry, imported on first use."""
+    from evalharness.policies.registry import families
+
+    family = families().get(name)
+    if family is None or family.trainer is None:
         raise FinetuneError(
             f"no trainer for policy family {name!r}; families that can be finetuned: "
             f"{', '.join(known_trainers())}"
         )
-    if isinstance(entry, str):
-        module, _, function = entry.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), function)
-        except ImportError as exc:
-            raise FinetuneError(
-                f"the {name} trainer needs {exc.name or 'a missing package'} ({exc}); install "
-                f"the extra for {name}"
-            ) from exc
-        _TRAINERS[name] = factory
-        return factory
-    return entry
+    try:
+        factory: TrainerFactory = family.load("trainer")
+    except ImportError as exc:
+        raise FinetuneError(str(exc)) from exc
+    return factory
 
 
 @dataclass(frozen=True)
@@ -252,8 +250,8 @@ def parse_family(policy: str) -> tuple[str, str, dict[str, str]]:
     ref = parse_policy_string(policy)
     if not ref.path:
         raise FinetuneError(
-            f"--policy {policy!r} names no checkpoint; expected FAMILY:CHECKPOINT, e.g. "
-            "octo_jax:hf://rail-berkeley/octo-small-1.5"
+            f"--policy {policy!r} names no checkpoint; expected FAMILY:CHECKPOINT[?options] "
+            f"with FAMILY one of {', '.join(known_trainers())}"
         )
     return ref.name, ref.path, dict(ref.options)
 

@@ -14,6 +14,14 @@ environment's action space (unnormalized, gripper convention already converted):
                               restarted on a fresh worker; per-episode state starts over
     ->  actions (B, action_horizon, action_dim) float
 
+Calls are in lockstep: every call carries every episode still running (the runner, Ray actors
+and ``record`` step all live envs together), so an episode absent from a call has ended. The
+runner pads a batch to a fixed size with rows whose seed is ``>= PAD_SEED_BASE`` and whose
+``episode_start`` is True; their actions are dropped. A policy that keeps anything per episode
+(noise generators, PRNG query counters, a planner) keeps it in :class:`EpisodeStreams`, which
+applies these rules once for every family: restart at ``episode_start``, forget an episode that
+ended, never keep a padding row.
+
 Which wrappers the runner puts in front of a policy (image size, history window, chunk
 execution or temporal ensembling) is read from its `spec`.
 """
@@ -21,14 +29,30 @@ execution or temporal ensembling) is read from its `spec`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from evalharness.envs.rotations import ORIENTATIONS
 from evalharness.errors import EvalharnessError
+
+__all__ = [
+    "PAD_SEED_BASE",
+    "EpisodeStreams",
+    "Policy",
+    "PolicyOutputError",
+    "PolicySpec",
+    "check_actions",
+    "episode_seeds",
+]
+
+#: episode seeds of the rows the runner adds to pad a batch (``evalharness.batching``) start
+#: here; real episode seeds are < 2**32.
+PAD_SEED_BASE = 2**62
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,92 @@ class Policy(abc.ABC):
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
     ) -> np.ndarray:
         """Action chunks (B, action_horizon, action_dim) for a batch of windowed observations."""
+
+
+def episode_seeds(
+    tasks: Mapping[str, Sequence[Any] | np.ndarray], batch_size: int | None = None
+) -> tuple[list[int], list[bool]]:
+    """Each row's ``episode_seed`` and ``episode_start`` (False when absent). Direct calls
+    without ``episode_seed`` may pass ``batch_size``: row i is then episode i."""
+    if "episode_seed" in tasks:
+        seeds = [int(s) for s in np.asarray(tasks["episode_seed"], dtype=np.int64).reshape(-1)]
+    elif batch_size is not None:
+        seeds = list(range(batch_size))
+    else:
+        raise KeyError(
+            "tasks has no 'episode_seed': a stochastic policy needs one seed per row "
+            "(the runner sends it; direct callers pass np.arange(batch))"
+        )
+    starts = tasks.get("episode_start")
+    if starts is None:
+        return seeds, [False] * len(seeds)
+    flags = [bool(s) for s in np.asarray(starts, dtype=bool).reshape(-1)]
+    if len(flags) != len(seeds):
+        raise ValueError(
+            f"tasks['episode_start'] has {len(flags)} rows, tasks['episode_seed'] {len(seeds)}"
+        )
+    return seeds, flags
+
+
+class EpisodeStreams(Generic[T]):
+    """Per-episode values keyed by episode seed: the one place a policy keeps episode state.
+
+    ``start(seed)`` makes an episode's value when it first appears or restarts: a seeded
+    ``np.random.Generator``, a ``torch.Generator``, a query counter, a planner. Each
+    :meth:`rows` call returns one value per row and applies the contract's rules:
+
+    - a row with ``episode_start`` True gets a fresh value (an episode restarted on a fresh
+      worker draws its stream from the beginning again);
+    - an episode absent from the call has ended (calls are in lockstep) and is forgotten;
+    - a padding row (seed ``>= PAD_SEED_BASE``) gets a fresh value that is never kept.
+
+    So the number of live values never exceeds the number of running episodes.
+
+        >>> streams = EpisodeStreams(lambda seed: np.random.default_rng(seed))
+        >>> rngs = streams.rows({"episode_seed": [7, PAD_SEED_BASE], "episode_start": [1, 1]})
+        >>> len(streams), 7 in streams
+        (1, True)
+    """
+
+    def __init__(self, start: Callable[[int], T]) -> None:
+        self._start = start
+        self._live: dict[int, T] = {}
+
+    def rows(
+        self, tasks: Mapping[str, Sequence[Any] | np.ndarray], batch_size: int | None = None
+    ) -> list[T]:
+        """One value per row of ``tasks`` (see the class docstring); ``batch_size`` numbers
+        the rows of a direct call that passes no ``episode_seed``."""
+        seeds, starts = episode_seeds(tasks, batch_size)
+        present = set(seeds)
+        for ended in [s for s in self._live if s not in present]:
+            del self._live[ended]
+        values = []
+        for seed, start in zip(seeds, starts, strict=True):
+            if seed >= PAD_SEED_BASE:
+                values.append(self._start(seed))
+                continue
+            if start or seed not in self._live:
+                self._live[seed] = self._start(seed)
+            values.append(self._live[seed])
+        return values
+
+    def get(self, seed: int) -> T | None:
+        """The value of a running (or just ended) episode, or None; never starts one."""
+        return self._live.get(int(seed))
+
+    def clear(self) -> None:
+        """Forget every episode (``Policy.reset``)."""
+        self._live.clear()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, seed: object) -> bool:
+        return seed in self._live
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._live))
 
 
 class PolicyOutputError(EvalharnessError, RuntimeError):

@@ -108,12 +108,11 @@ def test_a_name_cannot_be_registered_twice_for_another_factory():
         register_policy("zero", lambda path=None, **options: None)
 
 
-def test_a_lazy_entry_is_imported_on_first_load(monkeypatch):
-    monkeypatch.setitem(registry._FACTORIES, "lazy_zero", "evalharness.policies.builtin:make_zero")
+def test_a_lazy_entry_is_imported_on_first_load(family):
+    family(registry.PolicyFamily("lazy_zero", "", "evalharness.policies.builtin:make_zero"))
     policy = load_policy("lazy_zero?action_horizon=2")
     assert isinstance(policy, ZeroPolicy)
     assert policy.spec.action_horizon == 2
-    assert callable(registry._FACTORIES["lazy_zero"])
 
 
 def _checkpoint_with_spec(root, orientation):
@@ -127,13 +126,29 @@ def _checkpoint_with_spec(root, orientation):
     return root
 
 
-def test_a_finetuned_checkpoint_is_shown_frames_in_its_training_orientation(monkeypatch, tmp_path):
+@pytest.fixture
+def family():
+    """Registers families for one test: `family(PolicyFamily(...))`; removed afterwards."""
+    added: list[str] = []
+
+    def add(entry: registry.PolicyFamily) -> registry.PolicyFamily:
+        added.append(entry.name)
+        return registry.register_family(entry)
+
+    yield add
+    for name in added:
+        registry.unregister_family(name)
+
+
+def _ckpt_zero(path=None, **options):
+    return ZeroPolicy(PolicySpec("z"))
+
+
+def test_a_finetuned_checkpoint_is_shown_frames_in_its_training_orientation(family, tmp_path):
     from evalharness.protocols import get_protocol
     from evalharness.runner import RunConfig, env_config
 
-    monkeypatch.setitem(
-        registry._FACTORIES, "ckpt_zero", lambda path=None, **options: ZeroPolicy(PolicySpec("z"))
-    )
+    family(registry.PolicyFamily("ckpt_zero", "", _ckpt_zero))
     raw = _checkpoint_with_spec(tmp_path / "raw", "raw")
     upright = _checkpoint_with_spec(tmp_path / "upright", "upright")
     assert load_policy(f"ckpt_zero:{raw / 'model.bin'}").spec.image_orientation == "raw"
@@ -149,10 +164,8 @@ def test_a_finetuned_checkpoint_is_shown_frames_in_its_training_orientation(monk
     assert env_config(config, load_policy(f"ckpt_zero:{raw}")).image_orientation == "raw"
 
 
-def test_a_broken_dataset_spec_beside_a_checkpoint_names_the_file(monkeypatch, tmp_path):
-    monkeypatch.setitem(
-        registry._FACTORIES, "ckpt_zero", lambda path=None, **options: ZeroPolicy(PolicySpec("z"))
-    )
+def test_a_broken_dataset_spec_beside_a_checkpoint_names_the_file(family, tmp_path):
+    family(registry.PolicyFamily("ckpt_zero", "", _ckpt_zero))
     (tmp_path / "dataset_spec.json").write_text('{"model_orientation": "sideways"}')
     with pytest.raises(
         CheckpointError, match=r"dataset_spec\.json: model_orientation is 'sideways'"

@@ -17,7 +17,9 @@ Octo's diffusion head: "checkpoint 444 rows = time 32 + embedding 384 + action 7
 this config 430 = 32 + 384 + 7 × 2 → action_horizon changed 4 → 2".
 
 Strict loading (the default everywhere) refuses any report that is not fully ``loaded`` or
-``skipped``, raising :class:`CheckpointMismatchError` whose message is the report itself.
+``skipped``, raising :class:`CheckpointMismatchError` whose message is the report itself. A
+policy loaded non-strictly says so exactly once, through :func:`report_non_strict_load` (a
+:class:`NonStrictLoadWarning`), whatever its family.
 
 Corruption is checked before any of that and refused even with ``strict=False``:
 :func:`check_finite` (NaN/inf weights) where each family reads its weights file, and
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,6 +203,24 @@ class CompatibilityReport:
         """Raise :class:`CheckpointMismatchError` if strict and the checkpoint does not fit."""
         if strict and not self.compatible:
             raise CheckpointMismatchError(self, hint)
+
+
+class NonStrictLoadWarning(UserWarning):
+    """A policy was loaded with ``strict=false`` and some weights did not fit: they keep their
+    fresh initialization. The message is the compatibility report."""
+
+
+def report_non_strict_load(what: str, report: CompatibilityReport) -> None:
+    """Tell the user, once, that ``what`` (a policy being loaded) did not fully fit its model.
+
+    The one way every family reports a non-strict load: loaders return their report, the
+    policy factory calls this. Nothing is said when the report is compatible.
+    """
+    if not report.compatible:
+        warnings.warn(
+            NonStrictLoadWarning(f"{what}: loaded non-strictly (strict=false)\n{report.format()}"),
+            stacklevel=3,
+        )
 
 
 def _shape(value: Any) -> Shape:

@@ -10,46 +10,37 @@ noise, keep ``naction[To-1 : To-1+Ta]`` (upstream's executed slice), un-normaliz
 LIBERO's 7-d delta actions (:mod:`.actions`). The runner executes the whole Ta-step chunk before
 asking again, which is robomimic's action queue.
 
-Options (``?key=value&...``):
-
-- ``device``: torch device, default ``cpu``.
-- ``trust``: ``true`` to allow a checkpoint that needs arbitrary unpickling (runs code!).
-- ``strict``: ``false`` to load what fits and report the rest (default ``true``).
-- ``ema``: ``false`` to use the raw ``nets`` weights instead of the EMA ones upstream uses.
-- ``missing_obs``: what to do with a checkpoint key the standard observation cannot provide
-  (LIBERO's ``joint_states``, for one): ``error`` (default), ``zeros`` (feed zeros; a smoke test,
-  not an evaluation) or ``passthrough`` (expect the batch to carry the key under its own name).
-- ``resize``: ``policy`` (default) resizes images inside the adapter with bilinear, antialiased
-  ``F.interpolate`` on the batch; ``env`` declares the sizes in the spec so the env's Lanczos
-  ``ResizeImage`` wrapper does it. robomimic itself renders at the training size and never
-  resizes: ``--camera-size`` equal to the checkpoint's image size is the faithful setting.
+Options: :class:`~evalharness.policies.diffusion.options.DiffusionOptions` (``evalharness
+policies`` lists them). Noise comes from one torch generator per episode, seeded by its
+``episode_seed`` and kept in the policy's ``EpisodeStreams``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import check_options, option_bool, option_device
+from evalharness.policies.base import EpisodeStreams, Policy, PolicySpec
+from evalharness.policies.common.compat import report_non_strict_load
+from evalharness.policies.common.options import OptionError, option_device, parse_options
 from evalharness.policies.diffusion.actions import decode_to_libero, split_unnormalize
 from evalharness.policies.diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
 from evalharness.policies.diffusion.config import DiffusionPolicyConfig
 from evalharness.policies.diffusion.keymap import STANDARD_SOURCES, ObsSource, gather
+from evalharness.policies.diffusion.options import DiffusionOptions
 from evalharness.policies.diffusion.schedulers import NoiseScheduler
 
 __all__ = ["DiffusionPolicy", "make_diffusion_policy"]
 
 LIBERO_ACTION_DIM = 7
-MISSING_OBS_MODES = ("error", "zeros", "passthrough")
-RESIZE_MODES = ("policy", "env")
+MISSING_OBS_MODES: tuple[str, ...] = get_args(get_type_hints(DiffusionOptions)["missing_obs"])
+RESIZE_MODES: tuple[str, ...] = get_args(get_type_hints(DiffusionOptions)["resize"])
 _OWNER = "policy 'diffusion'"
-_OPTIONS = ("device", "trust", "strict", "ema", "missing_obs", "resize")
 
 
 class DiffusionPolicy(Policy):
@@ -107,7 +98,9 @@ class DiffusionPolicy(Policy):
             image_sizes=image_sizes,
             exec_horizon=config.action_horizon,
         )
-        self._generators: dict[int, torch.Generator] = {}
+        self.episodes: EpisodeStreams[torch.Generator] = EpisodeStreams(
+            lambda seed: torch.Generator().manual_seed(seed)
+        )
         self._obs_normalization = obs_normalizers(config, self.device)
         # (t, t as a device tensor) once, rather than a host-to-device copy per denoising step
         self._timesteps = [
@@ -116,7 +109,7 @@ class DiffusionPolicy(Policy):
 
     def reset(self, batch_size: int) -> None:
         """Forget the per-episode noise generators."""
-        self._generators.clear()
+        self.episodes.clear()
 
     # -- observations ----------------------------------------------------------------------
     def _raw(self, obs: Mapping[str, np.ndarray], key: str, batch: int) -> np.ndarray:
@@ -163,15 +156,10 @@ class DiffusionPolicy(Policy):
         return out
 
     # -- sampling --------------------------------------------------------------------------
-    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        """(B, Tp, Da) standard normal noise, one generator per episode seed (CPU-drawn)."""
+    def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B, Tp, Da) standard normal noise, one row from each episode's generator (CPU)."""
         shape = (self.config.prediction_horizon, self.config.action_dim)
-        rows = []
-        for seed in seeds:
-            gen = self._generators.get(seed)
-            if gen is None:
-                gen = self._generators[seed] = torch.Generator().manual_seed(int(seed))
-            rows.append(torch.randn(shape, generator=gen))
+        rows = [torch.randn(shape, generator=gen) for gen in generators]
         return torch.stack(rows).to(self.device)
 
     @torch.inference_mode()
@@ -179,11 +167,12 @@ class DiffusionPolicy(Policy):
         self,
         obs_t: Mapping[str, torch.Tensor],
         noise: torch.Tensor,
-        seeds: Sequence[int] | None = None,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """The full normalized trajectory (B, Tp, Da) from `noise`, as upstream's loop."""
+        """The full normalized trajectory (B, Tp, Da) from `noise`, as upstream's loop; the
+        schedulers' per-step noise comes from ``generators`` (one per row) when given."""
         cond = self.nets.encode(obs_t)
-        gens = None if seeds is None else [self._generators[s] for s in seeds]
+        gens = None if generators is None else list(generators)
         x = noise
         for t, t_device in self._timesteps:
             eps = self.nets.noise_pred_net(x, t_device, cond)
@@ -194,14 +183,10 @@ class DiffusionPolicy(Policy):
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
     ) -> np.ndarray:
         """LIBERO action chunks (B, Ta, 7) for a batch of windowed observations."""
-        seeds = [int(s) for s in np.asarray(tasks["episode_seed"], dtype=np.int64)]
-        starts = np.asarray(tasks.get("episode_start", np.zeros(len(seeds), bool)), dtype=bool)
-        for seed, start in zip(seeds, starts.tolist(), strict=True):
-            if start:  # a (re)started episode draws its noise stream from the beginning
-                self._generators.pop(seed, None)
-        obs_t = self.prepare(obs, len(seeds))
-        noise = self.initial_noise(seeds)
-        naction = self.sample(obs_t, noise, seeds)
+        generators = self.episodes.rows(tasks)
+        obs_t = self.prepare(obs, len(generators))
+        noise = self.initial_noise(generators)
+        naction = self.sample(obs_t, noise, generators)
         start = self.config.observation_horizon - 1
         chunk = naction[:, start : start + self.config.action_horizon].float().cpu().numpy()
         parts = split_unnormalize(chunk, self.config.action_keys)
@@ -246,25 +231,14 @@ def process_frames(tensor: torch.Tensor, key: str, shape: Sequence[int]) -> torc
 
 
 def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
-    """Factory for ``diffusion:PATH[?device=...&trust=...&strict=...&ema=...&missing_obs=...&resize=...]``."""
+    """Factory for ``diffusion:PATH[?options]`` (:class:`DiffusionOptions`)."""
     if path is None:
-        raise ValueError(
+        raise OptionError(
             "policy 'diffusion' needs a checkpoint: diffusion:/path/to/model.pth (a robomimic or "
             "DROID DiffusionPolicyUNet .pth)"
         )
-    check_options(options, _OPTIONS, _OWNER)
-    device = option_device(options, _OWNER)
-    loaded = load_checkpoint(
-        path,
-        trust=option_bool(options, "trust", False, _OWNER),
-        strict=option_bool(options, "strict", True, _OWNER),
-        use_ema=option_bool(options, "ema", True, _OWNER),
-    )
-    if not loaded.report.compatible:
-        print(loaded.report.format())
-    return DiffusionPolicy(
-        loaded,
-        device=device,
-        missing_obs=options.get("missing_obs", "error"),
-        resize=options.get("resize", "policy"),
-    )
+    opts = parse_options(DiffusionOptions, options, _OWNER)
+    device = option_device({"device": opts.device}, _OWNER)
+    loaded = load_checkpoint(path, trust=opts.trust, strict=opts.strict, use_ema=opts.ema)
+    report_non_strict_load(f"diffusion {path}", loaded.report)
+    return DiffusionPolicy(loaded, device=device, missing_obs=opts.missing_obs, resize=opts.resize)

@@ -15,7 +15,6 @@ initializes the rest fresh (seeded) and keeps the report on the result.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ from evalharness.policies.octo.explain import octo_explainer
 from evalharness.policies.octo.inputs import OctoInputSpec
 from evalharness.policies.octo.text import T5_PREFIX, T5EncoderConfig, t5_config_from_params
 from evalharness.policies.octo_jax.model import OctoModule
-
-log = logging.getLogger(__name__)
 
 __all__ = ["LoadedOcto", "build_module", "init_params", "load_octo", "param_shapes", "save_octo"]
 
@@ -159,8 +156,7 @@ def load_octo(
     report.check(strict=strict)
     if report.compatible:
         params = {k: np.asarray(stored[k]) for k in shapes}
-    else:
-        log.warning("loading %s non-strictly:\n%s", ckpt.name, report.format())
+    else:  # the caller reports it (policies.common.compat.report_non_strict_load)
         fresh = flatten_tree(init_params(module, ckpt.example_batch, seed))
         params = merge_params(stored, fresh, report)
     for key, value in params.items():

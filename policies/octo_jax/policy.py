@@ -3,26 +3,8 @@
     evalharness run --suite libero_spatial --policy "octo_jax:hf://rail-berkeley/octo-small-1.5?stats=bridge_dataset"
     evalharness run --suite libero_spatial --policy "octo_jax:/ckpts/octo_libero?step=50000"
 
-Options (``?key=value``):
-
-=====================  ===========================================================================
-``step``               checkpoint step to load (default: the latest)
-``stats``              dataset-statistics entry for un-normalization (required when the file has
-                       several; the error lists them)
-``strict``             ``true`` (default) refuses a checkpoint that does not fit its config;
-                       ``false`` loads what fits and prints the compatibility report
-``tokenizer``          folder with the instruction tokenizer's ``tokenizer.json`` (overrides the
-                       name in config.json, e.g. ``t5-base`` offline, or ``tiny_t5``)
-``exec_horizon``       actions executed per chunk (default: the whole chunk)
-``temporal_ensemble``  exponential weight: ensemble overlapping chunks instead (Octo's wrapper)
-``seed``               PRNG seed of the diffusion sampler (default 0)
-``normalization``      ``normal`` | ``bounds``: how actions were normalized (default: the config's
-                       ``dataset_kwargs.action_proprio_normalization_type``, else ``normal``)
-``gripper``            the checkpoint's gripper convention: ``octo`` (1 open, 0 close; default),
-                       ``libero`` (already −1 open / +1 close) or ``none`` (no conversion)
-``resize``             ``policy`` (default): resize images here with lanczos3 + antialias, exactly
-                       as Octo's pipeline; ``env``: let the runner's ResizeImage do it
-=====================  ===========================================================================
+Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared with ``octo_pt``;
+``evalharness policies`` lists them).
 
 Per call: images resized to the checkpoint's sizes, instructions tokenized and T5-encoded
 once per distinct instruction (cached), one jitted forward + DDPM sampling per batch size,
@@ -37,8 +19,9 @@ on resuming. Without ``episode_seed`` (direct calls) one key is split per call, 
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -46,20 +29,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.base import EpisodeStreams, Policy, PolicySpec
+from evalharness.policies.common.compat import report_non_strict_load
 from evalharness.policies.common.normalization import (
     DatasetStatistics,
     Gripper,
     NormalizationType,
     select_statistics,
 )
-from evalharness.policies.common.options import option_bool
-from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.common.options import OptionError, parse_options
 from evalharness.policies.octo.inputs import (
     postprocess_actions,
     prepare_observation,
     prepare_tasks,
 )
+from evalharness.policies.octo.options import OctoOptions
 from evalharness.policies.octo.text import TextTokenizer, instruction_tokenizer
 from evalharness.policies.octo_jax.loader import LoadedOcto, load_octo
 from evalharness.policies.octo_jax.model import OctoModule, predict_actions
@@ -69,25 +53,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["OctoJaxPolicy", "make_octo_jax_policy"]
 
-_OPTIONS = (
-    "step",
-    "stats",
-    "strict",
-    "tokenizer",
-    "exec_horizon",
-    "temporal_ensemble",
-    "seed",
-    "normalization",
-    "gripper",
-    "resize",
-)
-
-
-def _int_option(value: str, key: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"octo_jax option {key}={value!r} must be an integer") from None
+_OWNER = "policy 'octo_jax'"
 
 
 class OctoJaxPolicy(Policy):
@@ -131,7 +97,10 @@ class OctoJaxPolicy(Policy):
         self.checkpoint = f"{ckpt.directory}@{ckpt.step}"
         self._params = jax.device_put(loaded.params)
         self._rng = jax.random.PRNGKey(seed)
-        self._queries: dict[int, int] = {}  # episode_seed -> queries so far
+        # Each episode counts its queries; the n-th draws from fold_in(episode key, n).
+        self.episodes: EpisodeStreams[Iterator[int]] = EpisodeStreams(
+            lambda seed: itertools.count()
+        )
         self._language_cache: dict[str, np.ndarray] = {}
         self._sample = jax.jit(
             partial(_sample, loaded.module, self.embodiment_action_dim),
@@ -188,7 +157,7 @@ class OctoJaxPolicy(Policy):
         return out[..., : self.spec.action_dim]
 
     def reset(self, batch_size: int) -> None:
-        self._queries.clear()
+        self.episodes.clear()
 
     def _keys(self, tasks: Mapping[str, Sequence[Any] | np.ndarray], batch: int) -> jax.Array:
         """One PRNG key per row from its episode's stream, or one key split off per call."""
@@ -196,13 +165,7 @@ class OctoJaxPolicy(Policy):
             self._rng, key = jax.random.split(self._rng)
             return key
         seeds = np.asarray(tasks["episode_seed"], dtype=np.int64).reshape(-1)
-        starts = np.asarray(tasks.get("episode_start", np.zeros(batch, bool)), bool).reshape(-1)
-        queries = []
-        for seed, start in zip(seeds.tolist(), starts.tolist(), strict=True):
-            if start:
-                self._queries.pop(seed, None)
-            queries.append(self._queries.get(seed, 0))
-            self._queries[seed] = queries[-1] + 1
+        queries = [next(counter) for counter in self.episodes.rows(tasks)]
         with jax.threefry_partitionable(False):
             return _episode_keys(
                 jax.random.PRNGKey(self.seed),
@@ -253,25 +216,19 @@ def _stats_summary(statistics: DatasetStatistics | None) -> dict[str, Any] | Non
 
 
 def make_octo_jax_policy(path: str | None = None, **options: str) -> OctoJaxPolicy:
-    """Factory for ``octo_jax:PATH[?options]`` (registered in ``policies/builtin.py``)."""
+    """Factory for ``octo_jax:PATH[?options]`` (:class:`OctoOptions`)."""
     if not path:
-        raise ValueError(
+        raise OptionError(
             "octo_jax needs a checkpoint: octo_jax:/path/to/checkpoint or octo_jax:hf://org/name"
         )
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(f"octo_jax has no option(s) {unknown}; known: {', '.join(_OPTIONS)}")
-    step = parse_step(options.get("step"))
-    strict = option_bool(options, "strict", True, "octo_jax")
-    seed = _int_option(options.get("seed", "0"), "seed")
-    loaded = load_octo(path, step=step, strict=strict, seed=seed)
-    if not loaded.report.compatible:
-        print(loaded.report.format())
+    opts = parse_options(OctoOptions, options, _OWNER, family="octo_jax")
+    loaded = load_octo(path, step=opts.step, strict=opts.strict, seed=opts.seed)
+    report_non_strict_load(f"octo_jax {loaded.checkpoint.name}", loaded.report)
 
     ckpt = loaded.checkpoint
     stats_source = str(ckpt.directory / "dataset_statistics.json")
     statistics = (
-        select_statistics(ckpt.dataset_statistics, options.get("stats"), stats_source)
+        select_statistics(ckpt.dataset_statistics, opts.stats, stats_source)
         if ckpt.dataset_statistics
         else None
     )
@@ -282,37 +239,19 @@ def make_octo_jax_policy(path: str | None = None, **options: str) -> OctoJaxPoli
         loaded.config.model.language_tokenizer is not None,
         loaded.config.text_processor,
         ckpt.directory,
-        options.get("tokenizer"),
+        opts.tokenizer,
     )
-
     default_norm = (ckpt.config.get("dataset_kwargs") or {}).get(
         "action_proprio_normalization_type", "normal"
     )
-    normalization = NormalizationType.parse(options.get("normalization", default_norm))
-    gripper_text = options.get("gripper", "octo")
-    gripper = None if gripper_text == "none" else Gripper.parse(gripper_text)
-    exec_horizon = (
-        _int_option(options["exec_horizon"], "exec_horizon") if "exec_horizon" in options else None
-    )
-    weight = None
-    if "temporal_ensemble" in options:
-        try:
-            weight = float(options["temporal_ensemble"])
-        except ValueError:
-            raise ValueError(
-                f"octo_jax option temporal_ensemble={options['temporal_ensemble']!r} must be a number"
-            ) from None
-    resize = options.get("resize", "policy")
-    if resize not in ("policy", "env"):
-        raise ValueError(f"octo_jax option resize={resize!r} must be 'policy' or 'env'")
     return OctoJaxPolicy(
         loaded,
         statistics,
         tokenizer,
-        normalization=normalization,
-        gripper=gripper,
-        seed=seed,
-        exec_horizon=exec_horizon,
-        temporal_ensemble_weight=weight,
-        resize_in_env=resize == "env",
+        normalization=NormalizationType.parse(opts.normalization or default_norm),
+        gripper=None if opts.gripper == "none" else Gripper.parse(opts.gripper),
+        seed=opts.seed,
+        exec_horizon=opts.exec_horizon,
+        temporal_ensemble_weight=opts.temporal_ensemble,
+        resize_in_env=opts.resize == "env",
     )

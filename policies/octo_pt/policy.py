@@ -9,31 +9,13 @@ Octo's ``ResizeImageWrapper``), mark missing cameras and padded history steps, t
 T5-encode each distinct instruction once (cached; ``policies/octo/text.py``), run the
 transformer and the action head under ``torch.inference_mode``, un-normalize with the dataset
 statistics and convert the gripper to LIBERO's convention. Diffusion noise comes from one torch
-generator per episode (seeded by ``episode_seed`` and ``seed``), drawn on the CPU, so an
-episode's actions do not depend on the device or on what else shares its batch.
+generator per episode (seeded by ``episode_seed`` and ``seed``, kept in the policy's
+``EpisodeStreams``: restarted at ``episode_start``, forgotten when the episode ends, never kept
+for padding rows), drawn on the CPU, so an episode's actions do not depend on the device or on
+what else shares its batch.
 
-Options (``?key=value&...``):
-
-- ``device``: torch device (``cpu`` default, ``cuda``, ``cuda:1``).
-- ``compile``: ``true`` to ``torch.compile`` the transformer stack (first call is slow).
-- ``threads``: torch's intra-op CPU threads (``torch.set_num_threads``, process-wide). On a CPU
-  shared with env workers, 1 avoids oversubscription, which otherwise slows act() severalfold.
-- ``step``: which ``<step>`` folder to load (default: the latest).
-- ``stats``: dataset key in a multi-dataset ``dataset_statistics.json``
-  (e.g. ``libero_spatial_no_noops``); not needed when the file holds one dataset.
-- ``normalization``: ``normal`` or ``bounds``, how actions were normalized (default: the
-  config's ``dataset_kwargs.action_proprio_normalization_type``, else ``normal``).
-- ``gripper``: the model's gripper convention, ``octo`` (default: 1 open, 0 closed),
-  ``libero`` (already −1 open, +1 close) or ``none`` (no conversion).
-- ``resize``: ``policy`` (default) resizes images here (lanczos3 + antialias, as Octo's
-  pipeline and ``octo_jax``); ``env`` declares the sizes so the runner's ResizeImage does it.
-- ``strict``: ``false`` to load what fits and initialize the rest fresh (reported).
-- ``skip``: regex; parameters whose torch name or Flax path it finds keep fresh values.
-- ``non_strict``: regex; matching parameters with another shape get the overlapping slice.
-- ``tokenizer``: folder with the text tokenizer's ``tokenizer.json`` (overrides the config's name).
-- ``seed``: mixed into every episode's noise seed (default 0).
-- ``exec_horizon``: actions executed per chunk (default: the whole chunk).
-- ``temporal_ensemble``: exponential weight; replaces chunking with Octo/ACT ensembling.
+Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared with ``octo_jax``;
+``evalharness policies`` lists them).
 """
 
 from __future__ import annotations
@@ -45,44 +27,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.base import EpisodeStreams, Policy, PolicySpec
+from evalharness.policies.common.compat import report_non_strict_load
 from evalharness.policies.common.normalization import (
     DatasetStatistics,
     Gripper,
     NormalizationType,
     select_statistics,
 )
-from evalharness.policies.common.options import option_bool
-from evalharness.policies.octo.checkpoint import parse_step
+from evalharness.policies.common.options import OptionError, option_device, parse_options
 from evalharness.policies.octo.inputs import (
     OctoInputSpec,
     postprocess_actions,
     prepare_observation,
     prepare_tasks,
 )
+from evalharness.policies.octo.options import OctoOptions
 from evalharness.policies.octo.text import TextTokenizer, instruction_tokenizer
 from evalharness.policies.octo_pt.checkpoint import LoadedOcto, load_octo_pt
 from evalharness.policies.octo_pt.heads import ContinuousActionHead, DiffusionActionHead
 
 __all__ = ["OctoPtPolicy", "make_octo_pt_policy", "to_torch"]
 
-OPTIONS = (
-    "device",
-    "compile",
-    "step",
-    "stats",
-    "normalization",
-    "gripper",
-    "strict",
-    "skip",
-    "non_strict",
-    "tokenizer",
-    "seed",
-    "exec_horizon",
-    "temporal_ensemble",
-    "resize",
-    "threads",
-)
+_OWNER = "policy 'octo_pt'"
 
 
 def to_torch(tree: Any, device: torch.device) -> Any:
@@ -159,31 +126,32 @@ class OctoPtPolicy(Policy):
             temporal_ensemble_weight=temporal_ensemble,
             dataset_statistics=summary,
         )
-        self._generators: dict[int, torch.Generator] = {}
+        self.episodes: EpisodeStreams[torch.Generator] = EpisodeStreams(self._generator)
         self._language_cache: dict[str, torch.Tensor] = {}
 
     def reset(self, batch_size: int) -> None:
         """Forget the per-episode noise generators."""
-        self._generators.clear()
+        self.episodes.clear()
 
     def _generator(self, episode_seed: int) -> torch.Generator:
-        if episode_seed not in self._generators:
-            entropy = [self.seed & 0xFFFFFFFF, int(episode_seed) & 0xFFFFFFFF]
-            state = np.random.SeedSequence(entropy).generate_state(2)
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(int(state[0]) << 32 | int(state[1]))
-            self._generators[episode_seed] = gen
-        return self._generators[episode_seed]
+        """An episode's noise stream: a CPU generator seeded by (``seed``, ``episode_seed``)."""
+        entropy = [self.seed & 0xFFFFFFFF, int(episode_seed) & 0xFFFFFFFF]
+        state = np.random.SeedSequence(entropy).generate_state(2)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(state[0]) << 32 | int(state[1]))
+        return gen
 
-    def _noise(self, seeds: Sequence[int], window: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-episode DDPM noise (initial, per step), drawn on CPU from each episode's generator."""
+    def _noise(
+        self, tasks: Mapping[str, Any], batch: int, window: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-episode DDPM noise (initial, per step), drawn on CPU from each episode's generator;
+        without ``episode_seed`` (a direct call) row i is episode i."""
         if not isinstance(self.head, DiffusionActionHead):
             return None
         flat = self.head.action_horizon * self.head.action_dim
         steps = self.head.diffusion_steps
         init, per_step = [], []
-        for seed in seeds:
-            gen = self._generator(seed)
+        for gen in self.episodes.rows(tasks, batch):
             init.append(torch.randn((window, flat), generator=gen))
             per_step.append(torch.randn((steps, window, flat), generator=gen))
         return torch.stack(init), torch.stack(per_step, dim=1)
@@ -232,11 +200,7 @@ class OctoPtPolicy(Policy):
         instructions = [str(t) for t in tasks["language_instruction"]]
         observation, task = self.model_inputs(obs, instructions)
         batch, window = observation["timestep_pad_mask"].shape
-        if "episode_seed" in tasks:
-            seeds = [int(s) for s in np.asarray(tasks["episode_seed"]).reshape(-1)]
-        else:
-            seeds = list(range(batch))
-        noise = self._noise(seeds, window)
+        noise = self._noise(tasks, batch, window)
         with torch.inference_mode():
             o, t = to_torch(observation, self.device), to_torch(task, self.device)
             if self._encodes_language and self._t5 is not None:
@@ -251,54 +215,26 @@ class OctoPtPolicy(Policy):
         return out[..., : self.spec.action_dim]
 
 
-def _number(options: Mapping[str, str], key: str, kind: type) -> Any:
-    if key not in options:
-        return None
-    try:
-        return kind(options[key])
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(
-            f"policy 'octo_pt': option {key}={options[key]!r} must be {what}"
-        ) from None
-
-
 def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
-    """Build the ``octo_pt`` policy from ``octo_pt:PATH?options`` (see the module docstring)."""
+    """Build the ``octo_pt`` policy from ``octo_pt:PATH?options`` (:class:`OctoOptions`)."""
     if not path:
-        raise ValueError(
+        raise OptionError(
             "policy 'octo_pt' needs a checkpoint: octo_pt:/path/to/ckpt (an upstream Octo JAX "
             "checkpoint directory, an octo_pt torch checkpoint, or hf://org/name)"
         )
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"policy 'octo_pt' has no option(s) {unknown}; known: {', '.join(OPTIONS)}"
-        )
-    threads = _number(options, "threads", int)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"policy 'octo_pt': option threads={threads} must be >= 1")
-        torch.set_num_threads(threads)
-    resize = options.get("resize", "policy")
-    if resize not in ("policy", "env"):
-        raise ValueError(f"policy 'octo_pt': option resize={resize!r} must be 'policy' or 'env'")
+    opts = parse_options(OctoOptions, options, _OWNER, family="octo_pt")
+    device = option_device({"device": opts.device}, _OWNER)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     loaded = load_octo_pt(
-        path,
-        step=parse_step(options.get("step")),
-        strict=option_bool(options, "strict", True, "policy 'octo_pt'"),
-        skip=options.get("skip") or None,
-        non_strict=options.get("non_strict") or None,
+        path, step=opts.step, strict=opts.strict, skip=opts.skip, non_strict=opts.non_strict
     )
-    if not loaded.report.compatible:
-        warnings.warn(
-            f"octo_pt {loaded.name}: loaded non-strictly\n{loaded.report.format()}", stacklevel=2
-        )
+    report_non_strict_load(f"octo_pt {loaded.name}", loaded.report)
     statistics = None
     if loaded.dataset_statistics:
         statistics = select_statistics(
             loaded.dataset_statistics,
-            options.get("stats"),
+            opts.stats,
             source=f"{loaded.directory}/dataset_statistics.json",
         )
     else:
@@ -310,22 +246,21 @@ def make_octo_pt_policy(path: str | None = None, **options: str) -> Policy:
         loaded.config.model.language_tokenizer is not None,
         loaded.config.text_processor,
         loaded.directory,
-        options.get("tokenizer"),
+        opts.tokenizer,
     )
     default_norm = (loaded.raw_config.get("dataset_kwargs") or {}).get(
         "action_proprio_normalization_type", "normal"
     )
-    gripper = options.get("gripper", "octo")
     return OctoPtPolicy(
         loaded,
         statistics=statistics,
         tokenizer=tokenizer,
-        device=options.get("device", "cpu"),
-        compile=option_bool(options, "compile", False, "policy 'octo_pt'"),
-        normalization=options.get("normalization", default_norm),
-        gripper=None if gripper == "none" else gripper,
-        seed=_number(options, "seed", int) or 0,
-        exec_horizon=_number(options, "exec_horizon", int),
-        temporal_ensemble=_number(options, "temporal_ensemble", float),
-        resize_in_env=resize == "env",
+        device=device,
+        compile=opts.compile,
+        normalization=opts.normalization or default_norm,
+        gripper=None if opts.gripper == "none" else opts.gripper,
+        seed=opts.seed,
+        exec_horizon=opts.exec_horizon,
+        temporal_ensemble=opts.temporal_ensemble,
+        resize_in_env=opts.resize == "env",
     )

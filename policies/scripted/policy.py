@@ -1,25 +1,44 @@
 """`--policy scripted`: the waypoint expert of `expert.py` behind the `Policy` contract.
 
 Its spec asks the env for privileged state and for no camera frames, so evaluating it costs
-physics only. One `Expert` runs per episode, keyed by the episode's seed (unique per task and
-episode within a run), so batches may mix episodes freely.
-
-Options: `?strict=1` raises on an unsupported task instead of holding still and reporting
-the episode's failure reason as `unsupported: ...`.
+physics only. One `Expert` runs per episode, kept in the policy's `EpisodeStreams` (keyed by
+the episode's seed, unique per task and episode within a run), so batches may mix episodes
+freely. Options: :class:`ScriptedOptions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from evalharness.policies.base import Policy, PolicySpec
-from evalharness.policies.common.options import check_options, option_bool
+from evalharness.errors import UsageError
+from evalharness.policies.base import EpisodeStreams, Policy, PolicySpec
+from evalharness.policies.common.options import parse_options
 from evalharness.policies.scripted.expert import Expert, UnsupportedTaskError
 
+__all__ = ["HOLD", "ScriptedOptions", "ScriptedPolicy", "make_scripted"]
+
 HOLD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+
+
+@dataclass(frozen=True)
+class ScriptedOptions:
+    """Options of the scripted expert."""
+
+    strict: bool = False
+    """raise on a task the expert has no skill for, instead of holding still and recording
+    the episode's failure reason as ``unsupported: ...``."""
+
+
+class _Episode:
+    """One episode's expert (made on its first observation) or why it has none."""
+
+    def __init__(self) -> None:
+        self.expert: Expert | None = None
+        self.unsupported = ""
 
 
 class ScriptedPolicy(Policy):
@@ -31,15 +50,15 @@ class ScriptedPolicy(Policy):
     def __init__(self, strict: bool = False) -> None:
         self.spec = PolicySpec(name="scripted", uses_images=False, privileged=True)
         self.strict = strict
-        self._experts: dict[int, Expert] = {}
-        self._unsupported: dict[int, str] = {}
+        self.episodes: EpisodeStreams[_Episode] = EpisodeStreams(lambda seed: _Episode())
 
     def reset(self, batch_size: int) -> None:
-        self._experts.clear()
-        self._unsupported.clear()
+        self.episodes.clear()
 
     def failure_reason(self, episode_seed: int) -> str:
-        return self._unsupported.get(int(episode_seed), "")
+        # Asked right after the episode ended, before the next act() forgets it.
+        episode = self.episodes.get(episode_seed)
+        return "" if episode is None else episode.unsupported
 
     def act(
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
@@ -49,40 +68,31 @@ class ScriptedPolicy(Policy):
                 "policy 'scripted' needs obs['privileged'] (simulator state); the env adds it "
                 "only for policies whose spec sets privileged=True"
             )
-        seeds = np.asarray(tasks["episode_seed"], dtype=np.int64).tolist()
-        # In lockstep every live episode is in every batch: an absent seed has ended.
-        for seed in set(self._experts) - set(seeds):
-            del self._experts[seed]
-        # An episode restarted (e.g. on a fresh worker) starts its plan over.
-        starts = np.asarray(tasks.get("episode_start", np.zeros(len(seeds), bool)), dtype=bool)
-        for seed, start in zip(seeds, starts.tolist(), strict=True):
-            if start:
-                self._experts.pop(seed, None)
-                self._unsupported.pop(seed, None)
-        actions = np.zeros((len(seeds), 1, 7))
-        for i, (seed, state) in enumerate(zip(seeds, obs["privileged"], strict=True)):
-            actions[i, 0] = self._act_one(seed, state)
+        # A restarted episode (e.g. on a fresh worker) starts its plan over.
+        episodes = self.episodes.rows(tasks)
+        actions = np.zeros((len(episodes), 1, 7))
+        for i, (episode, state) in enumerate(zip(episodes, obs["privileged"], strict=True)):
+            actions[i, 0] = self._act_one(episode, state)
         return actions
 
-    def _act_one(self, seed: int, state: Mapping[str, Any]) -> np.ndarray:
-        if seed in self._unsupported:
+    def _act_one(self, episode: _Episode, state: Mapping[str, Any]) -> np.ndarray:
+        if episode.unsupported:
             return HOLD
         try:
-            expert = self._experts.get(seed)
-            if expert is None:
-                expert = self._experts[seed] = Expert(state["goal"])
-            return expert.act(state)
+            if episode.expert is None:
+                episode.expert = Expert(state["goal"])
+            return episode.expert.act(state)
         except UnsupportedTaskError as exc:
             if self.strict:
                 raise
-            self._unsupported[seed] = f"unsupported: {exc}"
-            self._experts.pop(seed, None)
+            episode.unsupported = f"unsupported: {exc}"
+            episode.expert = None
             return HOLD
 
 
 def make_scripted(path: str | None = None, **options: str) -> Policy:
-    """Factory for `--policy scripted[?strict=1]`; takes no checkpoint."""
+    """Factory for ``scripted[?strict=true]``; takes no checkpoint."""
     if path is not None:
-        raise ValueError(f"policy 'scripted' takes no checkpoint path, got {path!r}")
-    check_options(options, ("strict",), "policy 'scripted'")
-    return ScriptedPolicy(strict=option_bool(options, "strict", False, "policy 'scripted'"))
+        raise UsageError(f"policy 'scripted' takes no checkpoint path, got {path!r}")
+    parsed = parse_options(ScriptedOptions, options, "policy 'scripted'")
+    return ScriptedPolicy(strict=parsed.strict)

@@ -1,0 +1,66 @@
+"""The ``diffusion`` family: robomimic / DROID ``DiffusionPolicyUNet`` checkpoints, in torch."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from evalharness.policies.base import Policy
+from evalharness.policies.diffusion.options import DiffusionOptions
+from evalharness.policies.examples import PolicyExample, replaced
+from evalharness.policies.registry import PolicyFamily
+
+NAME = "diffusion"
+#: robomimic's own train.py wrote this tiny checkpoint (ShallowConv cameras, UNet 16/32/64).
+EXAMPLE_CHECKPOINT = Path("robomimic_dp_tiny") / "model.pth"
+
+
+def cheap_network(policy: Policy) -> contextlib.AbstractContextManager[Any]:
+    """The initial noise as the trajectory: no encoder, no denoising steps; the noise is
+    still drawn from each episode's generator."""
+
+    def noise_only(obs_t: Any, noise: Any, generators: Any = None) -> Any:
+        return noise
+
+    return replaced(policy, "sample", noise_only)
+
+
+def example(fixtures: Path) -> PolicyExample:
+    """The tiny robomimic checkpoint; ``joint_states`` come with the standard observation."""
+    checkpoint = fixtures / EXAMPLE_CHECKPOINT
+
+    def non_strict(tmp: Path) -> str:
+        import torch
+
+        saved = torch.load(checkpoint, weights_only=True)
+        for which in ("nets", "ema"):
+            del saved["model"][which]["policy.noise_pred_net.final_conv.1.bias"]
+        path = tmp / "missing_bias.pth"
+        torch.save(saved, path)
+        return f"{NAME}:{path}?strict=false"
+
+    return PolicyExample(
+        f"{NAME}:{checkpoint}",
+        model="robomimic_dp_tiny (written by robomimic)",
+        files=(checkpoint,),
+        non_strict=non_strict,
+        cheap_network=cheap_network,
+    )
+
+
+FAMILIES = (
+    PolicyFamily(
+        name=NAME,
+        summary="robomimic / DROID DiffusionPolicyUNet checkpoints (.pth), loaded without robomimic",
+        policy="evalharness.policies.diffusion.policy:make_diffusion_policy",
+        options=DiffusionOptions,
+        usage="diffusion:/path/to/model.pth?device=cuda",
+        trainer="evalharness.policies.diffusion.train:from_pretrained",
+        doctor="evalharness.policies.diffusion.doctor:describe_checkpoint",
+        example=example,
+        benchmarks="evalharness.policies.diffusion.benchmark:latency_models",
+        extra="torch",
+        requires=("torch",),
+    ),
+)

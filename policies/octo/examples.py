@@ -1,0 +1,113 @@
+"""Examples and benchmark shapes both Octo families share (``policies.examples``).
+
+The example checkpoint is Octo's tiny test model written by upstream octo-models/octo
+(``octo_tiny_lang``: SmallStem16 on 64² + 32², a 2-layer transformer, T5 language, diffusion
+head of horizon 4), with its tokenizer in the sibling folder ``tiny_t5``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evalharness.policies.examples import PolicyExample, standard_observations
+
+__all__ = [
+    "EXAMPLE_CHECKPOINT",
+    "EXAMPLE_STATS",
+    "OCTO_SMALL_T5",
+    "example_batch",
+    "horizon_edited_copy",
+    "octo_example",
+    "octo_small_config",
+]
+
+#: the tiny upstream checkpoint's folder and tokenizer folder, inside the fixtures folder.
+EXAMPLE_CHECKPOINT = "octo_tiny_lang"
+EXAMPLE_TOKENIZER = "tiny_t5"
+#: the dataset whose statistics un-normalize its actions.
+EXAMPLE_STATS = "libero_spatial_no_noops"
+#: octo-small-1.5's text encoder: T5-base's encoder shape.
+OCTO_SMALL_T5: dict[str, Any] = {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "num_heads": 12,
+    "d_ff": 3072,
+    "num_layers": 12,
+}
+
+
+def horizon_edited_copy(source: Path, target: Path, action_horizon: int = 2) -> Path:
+    """``target``: the checkpoint at ``source`` under a config whose action head predicts
+    ``action_horizon`` steps, so its head's weights no longer fit (a non-strict load).
+    Everything but ``config.json`` is linked, not copied."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != "config.json" and not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry.resolve())
+    config = json.loads((source / "config.json").read_text())
+    config["model"]["heads"]["action"]["kwargs"]["action_horizon"] = action_horizon
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def octo_example(family: str, fixtures: Path, options: str = "") -> PolicyExample:
+    """``family`` (an Octo family) on the tiny upstream checkpoint."""
+    checkpoint = fixtures / EXAMPLE_CHECKPOINT
+    tokenizer = fixtures / EXAMPLE_TOKENIZER
+    query = f"stats={EXAMPLE_STATS}" + (f"&{options}" if options else "")
+
+    def non_strict(tmp: Path) -> str:
+        edited = horizon_edited_copy(checkpoint, tmp / "octo_horizon_2")
+        return f"{family}:{edited}?{query}&strict=false&tokenizer={tokenizer}"
+
+    return PolicyExample(
+        f"{family}:{checkpoint}?{query}",
+        model=f"{EXAMPLE_CHECKPOINT} (upstream test checkpoint)",
+        files=(checkpoint / "config.json", tokenizer / "tokenizer.json"),
+        observations=standard_observations,
+        non_strict=non_strict,
+    )
+
+
+def octo_small_config(base: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint config ``base`` with octo-small-1.5's model sizes (upstream defaults):
+    SmallStem16 trunks, 384-wide tokens, 12 layers of 6 heads, a 256-wide diffusion head."""
+    config = copy.deepcopy(base)
+    model = config["model"]
+    for tok in model["observation_tokenizers"].values():
+        tok["kwargs"]["encoder"]["kwargs"] = {}  # SmallStem16 defaults: 32/96/192/384 → 512
+    model["token_embedding_size"] = 384
+    model["transformer_kwargs"].update(num_layers=12, mlp_dim=1536, num_attention_heads=6)
+    model["heads"]["action"]["kwargs"].pop("hidden_dim", None)  # default 256
+    return config
+
+
+def example_batch(window: int = 2, primary: int = 256, wrist: int = 128) -> dict[str, Any]:
+    """An ``example_batch`` in upstream's layout for octo-small-1.5's inputs (256² primary,
+    128² wrist, 16 instruction tokens), from which the model's input shapes are read."""
+    keys = ("image_primary", "image_wrist", "timestep")
+    return {
+        "observation": {
+            "image_primary": np.zeros((1, window, primary, primary, 3), np.uint8),
+            "image_wrist": np.zeros((1, window, wrist, wrist, 3), np.uint8),
+            "timestep": np.zeros((1, window), np.int32),
+            "timestep_pad_mask": np.ones((1, window), bool),
+            "pad_mask_dict": {k: np.ones((1, window), bool) for k in keys},
+        },
+        "task": {
+            "image_primary": np.zeros((1, primary, primary, 3), np.uint8),
+            "image_wrist": np.zeros((1, wrist, wrist, 3), np.uint8),
+            "timestep": np.zeros((1,), np.int32),
+            "language_instruction": {
+                "input_ids": np.zeros((1, 16), np.int32),
+                "attention_mask": np.ones((1, 16), np.int32),
+            },
+            "pad_mask_dict": {k: np.ones((1,), bool) for k in (*keys, "language_instruction")},
+        },
+    }
