@@ -203,6 +203,19 @@ class BatchSampler:
         rows = tuple(table[t] for table in self._tables[e])
         return _gather(self.episodes[e], rows, e, t)
 
+    def batch_for(self, picks: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """The batch of the given (episode index, step) samples, transformed exactly as the
+        stream's batches are: what a trainer is fed for those steps (parity checks, replay)."""
+        for e, t in picks:
+            if not (0 <= e < len(self.episodes) and 0 <= t < episode_length(self.episodes[e])):
+                raise DatasetError(
+                    f"no sample (episode {e}, step {t}): the sampler has {len(self.episodes)} "
+                    "episodes of lengths "
+                    f"{[episode_length(ep) for ep in self.episodes][:10]}"
+                )
+        batch = stack_samples([self._sample(int(e), int(t)) for e, t in picks])
+        return self.transform(batch) if self.transform is not None else batch
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """An endless stream of batches; take as many as the trainer's steps."""
         order = self._order()
