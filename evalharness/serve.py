@@ -147,6 +147,8 @@ class Batcher:
         self._held: deque[_Request] = deque()
         self.batches = 0
         self.rows = 0
+        #: open connections; with one, nobody can join a batch, so requests do not wait.
+        self.clients = 0
         policy.reset(max_batch)
         self._thread = threading.Thread(
             target=self._loop, name="evalharness-serve-act", daemon=True
@@ -178,7 +180,7 @@ class Batcher:
             group = [first]
             seeds = set(np.asarray(first.tasks["episode_seed"]).tolist())
             rows = first.rows
-            deadline = time.monotonic() + self.wait_s
+            deadline = time.monotonic() + (self.wait_s if self.clients > 1 else 0.0)
             held: list[_Request] = []
             while rows < self.max_batch:
                 item = self._next(max(0.0, deadline - time.monotonic()))
@@ -408,9 +410,10 @@ class PolicyServer:
         import websockets
 
         self.connections += 1
+        self.batcher.clients += 1
         episodes = OpenpiEpisodes(self.policy)
-        await ws.send(self.metadata)
         try:
+            await ws.send(self.metadata)
             async for data in ws:
                 if isinstance(data, str):
                     await ws.send("expected binary msgpack frames, got text")
@@ -429,6 +432,8 @@ class PolicyServer:
                 await ws.send(codec.pack(reply, codec.OPENPI, None))
         except websockets.exceptions.ConnectionClosed:
             return
+        finally:
+            self.batcher.clients -= 1
 
     async def _answer(self, message: Any, episodes: OpenpiEpisodes) -> dict[str, Any]:
         if not isinstance(message, dict):

@@ -104,6 +104,7 @@ def _request(seeds: Sequence[int]) -> tuple[dict[str, Any], dict[str, Any]]:
 def test_the_batcher_gathers_requests_up_to_max_batch_and_never_splits_one():
     policy = Recorder()
     batcher = Batcher(policy, max_batch=4, wait_s=0.5)
+    batcher.clients = 4  # as if four connections were open: requests wait for each other
     futures = [batcher.submit(*_request(s)) for s in ([1], [2, 3], [4, 5], [6, 7, 8, 9, 10])]
     results = [f.result(timeout=10) for f in futures]
     batcher.close()
@@ -111,9 +112,18 @@ def test_the_batcher_gathers_requests_up_to_max_batch_and_never_splits_one():
     assert policy.calls == [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
 
 
+def test_a_lone_client_does_not_wait_for_company():
+    policy = Recorder()
+    batcher = Batcher(policy, max_batch=8, wait_s=30.0)
+    batcher.clients = 1
+    assert len(batcher.submit(*_request([1])).result(timeout=5)) == 1
+    batcher.close()
+
+
 def test_two_rows_of_one_episode_never_share_an_act():
     policy = Recorder()
     batcher = Batcher(policy, max_batch=8, wait_s=0.5)
+    batcher.clients = 3
     futures = [batcher.submit(*_request(s)) for s in ([1, 2], [2, 3], [4])]
     for f in futures:
         f.result(timeout=10)
