@@ -382,10 +382,11 @@ class RemotePolicy(Policy):
 
 
 def _served_spec(info: Mapping[str, Any]) -> PolicySpec:
-    """The served policy's spec from an evalharness server's metadata."""
+    """The served policy's spec from an evalharness server's metadata, named ``remote``."""
     raw = dict(info.get("spec") or {})
     known = {f for f in PolicySpec.__dataclass_fields__}
     fields = {k: v for k, v in raw.items() if k in known and k != "dataset_statistics"}
+    fields["name"] = "remote"  # the served policy's own name is in the identity
     fields["image_sizes"] = {
         str(k): (int(v[0]), int(v[1])) for k, v in dict(fields.get("image_sizes") or {}).items()
     }
