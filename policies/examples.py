@@ -30,21 +30,25 @@ JOINT_DIM = 7
 
 
 def standard_observations(
-    spec: PolicySpec, seeds: Sequence[int], camera_size: int = 64
+    spec: PolicySpec,
+    seeds: Sequence[int],
+    camera_size: int = 64,
+    camera_sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Windowed standard observations for one row per episode seed.
 
     Row i depends on ``seeds[i]`` alone (drawn from ``default_rng(seed)``), so the same
-    episode gets the same observation whatever shares its batch. Cameras come at
-    ``spec.image_sizes`` where declared, else at ``camera_size``.
+    episode gets the same observation whatever shares its batch. Each camera comes at
+    ``camera_sizes[key]``, else at ``spec.image_sizes[key]``, else at ``camera_size``.
     """
     window = spec.window_size
+    sizes = {**dict(spec.image_sizes), **dict(camera_sizes or {})}
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(int(seed) % 2**63)
         row: dict[str, np.ndarray] = {}
         for key in ("image_primary", "image_wrist"):
-            h, w = spec.image_sizes.get(key, (camera_size, camera_size))
+            h, w = sizes.get(key, (camera_size, camera_size))
             row[key] = rng.integers(0, 256, (window, h, w, 3), dtype=np.uint8)
         row["proprio"] = rng.normal(0.0, 0.1, (window, PROPRIO_DIM)).astype(np.float32)
         row["joint_states"] = rng.normal(0.0, 0.3, (window, JOINT_DIM)).astype(np.float32)

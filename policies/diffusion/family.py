@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,19 @@ NAME = "diffusion"
 EXAMPLE_CHECKPOINT = Path("robomimic_dp_tiny") / "model.pth"
 
 
-def cheap_network(policy: Policy) -> contextlib.AbstractContextManager[Any]:
-    """The initial noise as the trajectory: no encoder, no denoising steps; the noise is
-    still drawn from each episode's generator."""
+@contextlib.contextmanager
+def cheap_network(policy: Policy) -> Iterator[None]:
+    """The initial noise as the trajectory: no image processing, no encoder, no denoising
+    steps; the noise is still drawn from each episode's generator."""
+
+    def no_inputs(obs: Any, batch: int) -> dict[str, Any]:
+        return {}
 
     def noise_only(obs_t: Any, noise: Any, generators: Any = None) -> Any:
         return noise
 
-    return replaced(policy, "sample", noise_only)
+    with replaced(policy, "prepare", no_inputs), replaced(policy, "sample", noise_only):
+        yield
 
 
 def example(fixtures: Path) -> PolicyExample:

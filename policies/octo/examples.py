@@ -8,6 +8,7 @@ head of horizon 4), with its tokenizer in the sibling folder ``tiny_t5``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from evalharness.policies.examples import PolicyExample, standard_observations
 
 __all__ = [
+    "EXAMPLE_CAMERAS",
     "EXAMPLE_CHECKPOINT",
     "EXAMPLE_STATS",
     "OCTO_SMALL_T5",
@@ -31,6 +33,8 @@ EXAMPLE_CHECKPOINT = "octo_tiny_lang"
 EXAMPLE_TOKENIZER = "tiny_t5"
 #: the dataset whose statistics un-normalize its actions.
 EXAMPLE_STATS = "libero_spatial_no_noops"
+#: the cameras it was trained on: frames at these sizes need no resizing in ``act()``.
+EXAMPLE_CAMERAS = {"image_primary": (64, 64), "image_wrist": (32, 32)}
 #: octo-small-1.5's text encoder: T5-base's encoder shape.
 OCTO_SMALL_T5: dict[str, Any] = {
     "vocab_size": 32128,
@@ -70,7 +74,7 @@ def octo_example(family: str, fixtures: Path, options: str = "") -> PolicyExampl
         f"{family}:{checkpoint}?{query}",
         model=f"{EXAMPLE_CHECKPOINT} (upstream test checkpoint)",
         files=(checkpoint / "config.json", tokenizer / "tokenizer.json"),
-        observations=standard_observations,
+        observations=functools.partial(standard_observations, camera_sizes=EXAMPLE_CAMERAS),
         non_strict=non_strict,
     )
 

@@ -32,7 +32,7 @@ def cheap_network(policy: Policy) -> contextlib.AbstractContextManager[Any]:
 
 def example(fixtures: Path) -> PolicyExample:
     """The tiny upstream Octo checkpoint (a JAX checkpoint, converted at load)."""
-    ex = octo_example(NAME, fixtures, "threads=1")
+    ex = octo_example(NAME, fixtures)
     return dataclasses.replace(ex, cheap_network=cheap_network)
 
 
