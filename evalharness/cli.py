@@ -417,6 +417,12 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--dataset-spec", default="libero", help="default: %(default)s")
     d.add_argument("--suite", default=None, help="a LIBERO suite to evaluate on")
     d.add_argument("--protocol", default="openvla", help="protocol for the env's camera size")
+    d.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="replay --data's demos through the policy's act() and compare with their actions",
+    )
+    d.add_argument("--demos", default=None, help="demos to replay, e.g. 0,7,21 (default: all)")
 
 
 def _finetune_config(args: argparse.Namespace) -> object:
@@ -471,7 +477,15 @@ def cmd_finetune_then_eval(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from evalharness.doctor import doctor, format_findings
 
-    findings = doctor(args.policy, args.data, args.dataset_spec, args.suite, args.protocol)
+    findings = doctor(
+        args.policy,
+        args.data,
+        args.dataset_spec,
+        args.suite,
+        args.protocol,
+        open_loop=args.open_loop,
+        demos=args.demos,
+    )
     print(format_findings(findings))
     return 1 if any(f.severity == "error" for f in findings) else 0
 

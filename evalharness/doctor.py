@@ -336,8 +336,13 @@ def doctor(
     dataset_spec: str = "libero",
     suite: str | None = None,
     protocol: str = "openvla",
+    open_loop: bool = False,
+    demos: str | None = None,
 ) -> list[Finding]:
-    """Every mismatch between ``policy``'s checkpoint, ``data`` and ``suite`` (see the module)."""
+    """Every mismatch between ``policy``'s checkpoint, ``data`` and ``suite`` (see the module).
+
+    ``open_loop`` also replays ``data``'s demos (``demos``: "0,7,21", default all) through the
+    policy's ``act()`` and reports how well it reproduces them (`evalharness.openloop`)."""
     from evalharness.policies.registry import get_family, parse_policy_string
 
     ref = parse_policy_string(policy)
@@ -365,4 +370,32 @@ def doctor(
         _check_data(model, data, dataset_spec, findings, stats_key)
     if suite is not None:
         _check_env(model, suite, protocol, findings, stats_key)
+    if open_loop:
+        findings.append(_open_loop(policy, data, demos, suite))
     return findings
+
+
+def _open_loop(policy: str, data: str | None, demos: str | None, suite: str | None) -> Finding:
+    """The open-loop check as a finding: ok when the policy reproduces its demos (gripper sign
+    agreement >= 95 %, translation error <= half the zero predictor's), else a warning."""
+    from evalharness.openloop import open_loop, replay_episodes
+    from evalharness.policies.registry import load_policy
+
+    if data is None:
+        return Finding("error", "open loop", "--open-loop replays demos: --data is missing")
+    try:
+        report = open_loop(
+            load_policy(policy, suite=suite), replay_episodes(data, demos), name=policy
+        )
+    except (ValueError, KeyError, OSError) as exc:
+        return Finding("error", "open loop", str(exc), "check --data and --demos")
+    table = report.format().removeprefix("open loop: ")
+    if report.meets():
+        return Finding("ok", "open loop", table)
+    return Finding(
+        "warning",
+        "open loop",
+        table,
+        "a policy that does not reproduce its own training demos has a train/act mismatch "
+        "(orientation, gripper, normalization: tests/test_parity.py) or has not learned",
+    )
