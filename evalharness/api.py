@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from evalharness import tracking
 from evalharness.errors import UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalharness.finetune import FinetuneResult
+    from evalharness.finetune import FinetuneConfig, FinetuneResult
     from evalharness.policies.base import Policy
     from evalharness.protocols import Protocol
+    from evalharness.runner import RunConfig
 
 __all__ = [
     "DEFAULT_RESULTS",
@@ -42,6 +44,7 @@ __all__ = [
     "finetune",
     "parse_option_items",
     "policy_with_options",
+    "run_finetune",
 ]
 
 #: where runs go when no output directory is given.
@@ -196,6 +199,8 @@ def evaluate(
     ray_address: str | None = None,
     ray_envs_per_worker: int = 1,
     ray_gpus_per_worker: float = 0.0,
+    wandb: str | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Evaluate ``policy`` on a LIBERO ``suite``; what `evalharness run` does, as one call.
 
@@ -212,7 +217,9 @@ def evaluate(
     ``resume`` an interrupted run there is finished, refused if anything that changes outcomes
     differs. ``num_envs`` worker processes (default: one per core) step in lockstep;
     ``video`` saves mp4s of the first N episodes of each task. ``executor="ray"`` runs the
-    envs on Ray actors (``ray_*`` as ``evalharness run --ray-*``).
+    envs on Ray actors (``ray_*`` as ``evalharness run --ray-*``). ``wandb`` (a W&B project)
+    and ``tensorboard`` (a log directory) log each finished episode, the final tables and the
+    videos (`evalharness.tracking`).
 
     Returns an `EvalResult` (summary and episodes as DataFrames, run directory, identity).
     Raises an `evalharness.errors.EvalharnessError` (a ``UsageError``, a ``ValueError``) for
@@ -283,18 +290,49 @@ def evaluate(
         )
     else:
         runner = Runner(config, loaded)
-    summary = runner.run()
     run_dir = Path(config.out_dir)
-    info = json.loads((run_dir / "run.json").read_text())
+    total = len(config.tasks()) * config.protocol.episodes_per_task
+    with tracking.open_trackers(
+        wandb_project=wandb,
+        tensorboard_dir=tensorboard,
+        name=run_dir.name,
+        config=_tracking_config(config),
+        directory=run_dir,
+        job_type="eval",
+    ) as tracker:
+        with tracking.follow_episodes(tracker, run_dir / "episodes.csv", total):
+            summary = runner.run()
+        info = json.loads((run_dir / "run.json").read_text())
+        episodes = read_episodes(run_dir / "episodes.csv")
+        tracker.update_config(
+            {k: info.get(k) for k in ("identity_hash", "versions", "git", "render_backend")}
+            | {"checkpoint_hub": (info.get("identity") or {}).get("checkpoint_hub")}
+        )
+        tracker.log_tables(summary, episodes)
+        tracker.log_videos(sorted((run_dir / "videos").rglob("*.mp4")))
     return EvalResult(
         summary=summary,
-        episodes=read_episodes(run_dir / "episodes.csv"),
+        episodes=episodes,
         run_dir=run_dir,
         policy=text,
         identity=dict(info.get("identity") or {}),
         identity_hash=str(info.get("identity_hash", "")),
         run=info,
     )
+
+
+def _tracking_config(config: RunConfig) -> dict[str, Any]:
+    """What a tracker shows as the run's settings before run.json exists."""
+    return {
+        "suite": config.suite,
+        "policy": config.policy,
+        "protocol": config.protocol.to_dict(),
+        "tasks": list(config.task_ids) if config.task_ids is not None else "all",
+        "num_envs": config.num_envs,
+        "exec_horizon": config.exec_horizon,
+        "temporal_ensemble_weight": config.temporal_ensemble_weight,
+        "run_dir": str(config.out_dir),
+    }
 
 
 def finetune(
@@ -315,6 +353,8 @@ def finetune(
     save_every: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    wandb: str | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> FinetuneResult:
     """Finetune the checkpoint ``policy`` names (``FAMILY:CHECKPOINT[?options]``) on ``data``
     and write the new checkpoint to ``out``; what `evalharness finetune` does, as one call.
@@ -325,9 +365,10 @@ def finetune(
     ``evalharness finetune --help``; ``options`` are the family trainer's (like ``--option``).
     Returns a `evalharness.finetune.FinetuneResult`: ``policy`` is the string that evaluates
     the new checkpoint (pass it to `evaluate`), ``train_log`` the per-step CSV, ``losses``.
+    ``wandb`` (a W&B project) and ``tensorboard`` (a log directory) log every step's row of
+    train_log.csv and the finetune's settings (`evalharness.tracking`).
     """
     from evalharness.finetune import FinetuneConfig, FinetuneOptions
-    from evalharness.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
         policy=policy,
@@ -349,4 +390,31 @@ def finetune(
         resume=resume,
         progress=progress,
     )
-    return run_finetune(config)
+    return run_finetune(config, wandb=wandb, tensorboard=tensorboard)
+
+
+def run_finetune(
+    config: FinetuneConfig,
+    *,
+    wandb: str | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
+) -> FinetuneResult:
+    """`evalharness.finetune.finetune` with the trackers asked for following its train log
+    (what `finetune` and the command line call)."""
+    from evalharness.finetune import FINETUNE_JSON, TRAIN_LOG
+    from evalharness.finetune import finetune as finetune_loop
+
+    out_dir = Path(config.out_dir)
+    with tracking.open_trackers(
+        wandb_project=wandb,
+        tensorboard_dir=tensorboard,
+        name=out_dir.name,
+        config={"policy": config.policy, "data": str(config.data)} | config.options.to_dict(),
+        directory=out_dir,
+        job_type="finetune",
+    ) as tracker:
+        with tracking.follow_train_log(tracker, out_dir / TRAIN_LOG):
+            result = finetune_loop(config)
+        if (out_dir / FINETUNE_JSON).is_file():
+            tracker.update_config(json.loads((out_dir / FINETUNE_JSON).read_text()))
+    return result

@@ -14,8 +14,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evalharness.errors import EvalharnessError, UsageError
+
+if TYPE_CHECKING:
+    from evalharness.finetune import FinetuneConfig
 
 DEFAULT_OUT = "results"
 
@@ -120,11 +124,27 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-envs-per-worker", type=int, default=1, help="envs per Ray actor (one policy each)"
     )
+    _add_tracking_arguments(p)
     p.add_argument(
         "--ray-gpus-per-worker",
         type=float,
         default=0.0,
         help="GPUs each Ray actor reserves, e.g. 0.25 packs four on a GPU (default 0)",
+    )
+
+
+def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wandb",
+        default=None,
+        metavar="PROJECT",
+        help="log to this Weights & Biases project (extra [wandb]; WANDB_MODE=offline works)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard event files under DIR/<run name> (extra [tensorboard])",
     )
 
 
@@ -173,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_envs_per_worker=args.ray_envs_per_worker,
         ray_gpus_per_worker=args.ray_gpus_per_worker,
+        wandb=args.wandb,
+        tensorboard=args.tensorboard,
     )
     return 0
 
@@ -347,6 +369,7 @@ def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="family trainer option (same as ?key=value on --policy); repeatable",
     )
+    _add_tracking_arguments(p)
 
 
 def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
@@ -397,7 +420,9 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
     _add_run_parser(scratch)
     # `--option` here is the trainer's; the finetuned checkpoint's string carries what it needs.
+    # The trackers log the finetune and the run alike (two runs in one W&B project).
     shared = {"help", "policy", "out", "seed", "resume", "no_progress", "option"}
+    shared |= {"wandb", "tensorboard"}
     for action in scratch.choices["run"]._actions:
         if action.dest not in shared:
             e._add_action(action)
@@ -425,7 +450,7 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--demos", default=None, help="demos to replay, e.g. 0,7,21 (default: all)")
 
 
-def _finetune_config(args: argparse.Namespace) -> object:
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from evalharness.api import parse_option_items
     from evalharness.finetune import FinetuneConfig, FinetuneOptions
 
@@ -454,16 +479,17 @@ def _finetune_config(args: argparse.Namespace) -> object:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from evalharness.finetune import finetune
+    from evalharness.api import run_finetune
 
-    finetune(_finetune_config(args))  # type: ignore[arg-type]
+    run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     return 0
 
 
 def cmd_finetune_then_eval(args: argparse.Namespace) -> int:
-    from evalharness.finetune import finetune, record_finetune_in_run
+    from evalharness.api import run_finetune
+    from evalharness.finetune import record_finetune_in_run
 
-    result = finetune(_finetune_config(args))  # type: ignore[arg-type]
+    result = run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     run_args = argparse.Namespace(**vars(args))
     run_args.policy = result.policy
     run_args.option = []
