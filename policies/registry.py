@@ -24,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import json
 import pkgutil
+import textwrap
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "PolicyRef",
     "PolicyStringError",
     "families",
+    "format_families",
     "get_family",
     "known_policies",
     "load_object",
@@ -391,3 +393,44 @@ def training_orientation(path: str | None) -> str | None:
             "(the orientation of the frames the model was finetuned on)"
         )
     return str(orientation)
+
+
+def format_families(names: list[str] | None = None) -> str:
+    """``evalharness policies``: each family (or those in ``names``) with whether its extra is
+    installed, what it can do, and its options with their defaults and docstrings."""
+    table = families()
+    unknown = [n for n in names or [] if n not in table]
+    if unknown:
+        raise PolicyStringError(
+            f"unknown policy {unknown[0]!r}; known policies: {', '.join(known_policies())}"
+        )
+    blocks = []
+    for name in names or list(table):
+        family = table[name]
+        missing = family.missing()
+        status = "installed" if not missing else f"not installed (needs {', '.join(missing)})"
+        if family.extra:
+            status += f"; pip extra [{family.extra}]"
+        lines = [f"{name}: {family.summary}".rstrip(": "), f"  {status}"]
+        if family.usage:
+            lines.append(f"  usage: {family.usage}")
+        hooks = [
+            ("finetune", family.trainer is not None),
+            ("doctor checks", family.doctor is not None),
+        ]
+        lines.append("  " + ", ".join(f"{hook}: {'yes' if has else 'no'}" for hook, has in hooks))
+        if family.source != "evalharness":
+            lines.append(f"  from: {family.source}")
+        options = family.describe_options()
+        if options:
+            lines.append("  options (?key=value):")
+            width = max(len(o.name) for o in options)
+            for o in options:
+                default = "(none)" if o.default is None else str(o.default).lower()
+                head = f"    {o.name:<{width}}  {o.type}, default {default}"
+                lines.append(head)
+                doc = " ".join(o.doc.replace("``", "`").split())
+                for text in textwrap.wrap(doc, max(40, 92 - width)):
+                    lines.append(f"    {'':<{width}}  {text}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
