@@ -34,8 +34,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
             "the resolved values are recorded."
         ),
         epilog=(
-            "example: evalharness run --suite libero_spatial --policy zero --tasks 0,1 "
-            "--episodes-per-task 2"
+            "example: evalharness run --suite libero_spatial --policy NAME[:CHECKPOINT] --tasks "
+            "0,1 --episodes-per-task 2  (`evalharness policies` lists the names and options)"
         ),
     )
     p.add_argument(
@@ -46,7 +46,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--policy",
         required=True,
-        help="NAME[:PATH][?key=value&...], e.g. zero, random, octo_jax:/path/to/ckpt",
+        help="NAME[:PATH][?key=value&...]; `evalharness policies` lists names and options",
     )
     p.add_argument(
         "--option",
@@ -330,8 +330,8 @@ def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         required=True,
-        help="FAMILY:CHECKPOINT[?key=value...] to start from, e.g. octo_jax:hf://rail-berkeley/"
-        "octo-small-1.5 (options go to the family's trainer, e.g. ?action_horizon=8)",
+        help="FAMILY:CHECKPOINT[?key=value...] to start from (options go to the family's "
+        "trainer, e.g. ?action_horizon=8; `evalharness policies` says which families finetune)",
     )
     p.add_argument(
         "--data",
@@ -384,7 +384,7 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
             "dataset_spec.json beside it."
         ),
         epilog=(
-            "example: evalharness finetune --policy octo_jax:ckpts/octo-small --data demos/ "
+            "example: evalharness finetune --policy FAMILY:ckpts/pretrained --data demos/ "
             "--dataset-spec libero --mode head_only --steps 5000 --batch-size 64 --out ckpts/ft"
         ),
     )
@@ -405,7 +405,7 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
             "directory and recorded in its run.json, so dashboards show the loss curve."
         ),
         epilog=(
-            "example: evalharness finetune-then-eval --policy octo_jax:ckpts/octo-small --data "
+            "example: evalharness finetune-then-eval --policy FAMILY:ckpts/pretrained --data "
             "demos/ --mode head_only --steps 2000 --out ckpts/ft --suite libero_spatial --tasks 0"
         ),
     )
@@ -435,7 +435,7 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
             "(observation keys, image sizes, window, action dim and horizon, statistics, "
             "gripper convention, orientation), each with its fix. Exit status 1 on errors."
         ),
-        epilog="example: evalharness doctor --policy octo_jax:ckpts/ft --data demos/ --suite libero_spatial",
+        epilog="example: evalharness doctor --policy FAMILY:ckpts/ft --data demos/ --suite libero_spatial",
     )
     d.add_argument("--policy", required=True, help="FAMILY:CHECKPOINT[?options]")
     d.add_argument("--data", default=None, help="a dataset to finetune on")
@@ -521,14 +521,16 @@ def _add_record_parser(sub: argparse._SubParsersAction) -> None:
         "record",
         help="record a policy's rollouts as LIBERO demonstration HDF5 files",
         description=(
-            "Roll a policy out (any policy; `scripted` is the expert) and write one "
+            "Roll a policy out (any policy, e.g. an expert reading simulator state) and write one "
             "<task_name>_demo.hdf5 per task in LIBERO's dataset layout, frames in LIBERO's raw "
             "orientation. Episodes follow the protocol (init states, warm-up, step limit)."
         ),
-        epilog="example: evalharness record --policy scripted --suite libero_object --out demos/",
+        epilog="example: evalharness record --policy NAME --suite libero_object --out demos/",
     )
     r.add_argument("--suite", required=True, help="LIBERO suite, e.g. libero_object")
-    r.add_argument("--policy", required=True, help="NAME[:PATH][?key=value&...], e.g. scripted")
+    r.add_argument(
+        "--policy", required=True, help="NAME[:PATH][?key=value&...] (`evalharness policies`)"
+    )
     r.add_argument("--out", required=True, help="directory for the <task_name>_demo.hdf5 files")
     r.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
     r.add_argument("--protocol", default="openvla", help="protocol preset (step limits, warm-up)")
@@ -574,7 +576,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
             "'evalharness run --policy remote:ws://HOST:PORT' (whole batches). Concurrent "
             "requests are batched; GET /health answers once the policy is loaded."
         ),
-        epilog="example: evalharness serve --policy octo_jax:/ckpt --port 8000 --max-batch 16",
+        epilog="example: evalharness serve --policy NAME:/ckpt --port 8000 --max-batch 16",
     )
     v.add_argument("--policy", required=True, help="NAME[:PATH][?key=value&...] to serve")
     v.add_argument(
@@ -652,7 +654,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_parsers(sub)
     _add_record_parser(sub)
     _add_serve_parser(sub)
+    o = sub.add_parser(
+        "policies",
+        help="list policy families, their options, and whether their extra is installed",
+        description="Every registered policy family (this package's and installed plugins'): "
+        "what it loads, whether its pip extra is installed, finetune and doctor support, and "
+        "its ?key=value options with defaults.",
+    )
+    o.add_argument("names", nargs="*", metavar="NAME", help="only these families")
     return parser
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    from evalharness.policies.registry import format_families
+
+    print(format_families(args.names or None))
+    return 0
 
 
 COMMANDS = {
@@ -667,6 +684,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "record": cmd_record,
     "serve": cmd_serve,
+    "policies": cmd_policies,
 }
 
 
