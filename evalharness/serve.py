@@ -51,7 +51,7 @@ from evalharness import __version__
 from evalharness.batching import pad_batch, padded_size
 from evalharness.errors import EvalharnessError
 from evalharness.identity import checkpoint_digest
-from evalharness.policies.base import Policy, PolicyOutputError, check_actions
+from evalharness.policies.base import EpisodeStreams, Policy, PolicyOutputError, check_actions
 from evalharness.policies.registry import load_policy, parse_policy_string
 from evalharness.policies.remote import codec
 from evalharness.policies.remote.client import (
@@ -114,6 +114,7 @@ class _Request:
     obs: dict[str, Any]
     tasks: dict[str, Any]
     rows: int
+    session: int = 0
     future: Future[np.ndarray] = field(default_factory=Future)
 
     def signature(self) -> tuple[Any, ...]:
@@ -137,7 +138,14 @@ def _concat(values: list[Any]) -> Any:
 
 
 class Batcher:
-    """Runs every `act()` on one thread, gathering concurrent requests into batches."""
+    """Runs every `act()` on one thread, gathering concurrent requests into batches.
+
+    Policies keep per-episode state in `EpisodeStreams`, which forget an episode absent from
+    a call (in-process calls are in lockstep). Here one call holds only the requests that
+    arrived together, so the batcher tracks each session's live episodes (a connection: an
+    openpi client's current episode, a batched client's last request) and puts back the
+    state of those that a call left out.
+    """
 
     def __init__(self, policy: Policy, max_batch: int, wait_s: float) -> None:
         self.policy = policy
@@ -149,17 +157,29 @@ class Batcher:
         self.rows = 0
         #: open connections; with one, nobody can join a batch, so requests do not wait.
         self.clients = 0
+        self._sessions: dict[int, set[int]] = {}  # session -> its live episode seeds
+        self._lock = threading.Lock()
         policy.reset(max_batch)
         self._thread = threading.Thread(
             target=self._loop, name="evalharness-serve-act", daemon=True
         )
         self._thread.start()
 
-    def submit(self, obs: dict[str, Any], tasks: dict[str, Any]) -> Future[np.ndarray]:
+    def submit(
+        self, obs: dict[str, Any], tasks: dict[str, Any], session: int = 0
+    ) -> Future[np.ndarray]:
+        """Queue one request of ``session``; its seeds are that session's live episodes."""
         rows = len(tasks["language_instruction"])
-        request = _Request(obs, tasks, rows)
+        request = _Request(obs, tasks, rows, session)
+        with self._lock:
+            self._sessions[session] = set(np.asarray(tasks["episode_seed"]).tolist())
         self._queue.put(request)
         return request.future
+
+    def end_session(self, session: int) -> None:
+        """A connection closed: its episodes are over."""
+        with self._lock:
+            self._sessions.pop(session, None)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -206,6 +226,13 @@ class Batcher:
         batch = sum(r.rows for r in group)
         size = padded_size(batch) if self.policy.pad_batch else batch
         obs, tasks = pad_batch(obs, tasks, batch, size)
+        members = {r.session for r in group}
+        with self._lock:
+            elsewhere = set().union(
+                *(seeds for s, seeds in self._sessions.items() if s not in members)
+            )
+        held = [v for v in vars(self.policy).values() if isinstance(v, EpisodeStreams)]
+        kept = [{s: h.get(s) for s in elsewhere if s in h} for h in held]
         try:
             actions = check_actions(self.policy, self.policy.act(obs, tasks), size)[:batch]
         except PolicyOutputError as exc:
@@ -219,6 +246,8 @@ class Batcher:
             for r in group:
                 r.future.set_exception(error)
             return
+        for streams, values in zip(held, kept, strict=True):
+            streams.restore(values)
         self.batches += 1
         self.rows += batch
         start = 0
@@ -410,6 +439,7 @@ class PolicyServer:
         import websockets
 
         self.connections += 1
+        session = self.connections
         self.batcher.clients += 1
         episodes = OpenpiEpisodes(self.policy)
         try:
@@ -425,7 +455,7 @@ class PolicyServer:
                     await ws.close(code=1003, reason="refused payload")
                     return
                 try:
-                    reply = await self._answer(message, episodes)
+                    reply = await self._answer(message, episodes, session)
                 except RequestError as exc:
                     await ws.send(f"error: {exc}")
                     continue
@@ -434,8 +464,9 @@ class PolicyServer:
             return
         finally:
             self.batcher.clients -= 1
+            self.batcher.end_session(session)
 
-    async def _answer(self, message: Any, episodes: OpenpiEpisodes) -> dict[str, Any]:
+    async def _answer(self, message: Any, episodes: OpenpiEpisodes, session: int) -> dict[str, Any]:
         if not isinstance(message, dict):
             raise RequestError(f"expected a dict, got {type(message).__name__}")
         ctrl = message.get("__ctrl__")
@@ -445,13 +476,14 @@ class PolicyServer:
                 episodes.new_episode()
             elif ctrl == "episode_end":
                 episodes.seed = -1
+                self.batcher.end_session(session)
             return {"__ack__": ctrl if ctrl in ("episode_start", "episode_end") else "ignored"}
         started = time.monotonic()
         if message.get(EVALHARNESS_KEY) == "act":
             obs, tasks = _batched_request(message)
         else:
             obs, tasks = episodes.request(message)
-        future = self.batcher.submit(obs, tasks)
+        future = self.batcher.submit(obs, tasks, session)
         actions = await asyncio.wrap_future(future)
         infer_ms = 1000.0 * (time.monotonic() - started)
         if EVALHARNESS_KEY in message:

@@ -215,6 +215,11 @@ class EpisodeStreams(Generic[T]):
         """Forget every episode (``Policy.reset``)."""
         self._live.clear()
 
+    def restore(self, values: Mapping[int, T]) -> None:
+        """Put back episodes a call left out that still run elsewhere: ``evalharness serve``
+        gathers several clients' requests, so one call need not hold every live episode."""
+        self._live.update({int(seed): value for seed, value in values.items()})
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -19,7 +19,8 @@ import pytest
 from evalharness.batching import pad_batch, padded_size
 from evalharness.cli import main
 from evalharness.policies import load_policy
-from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.base import EpisodeStreams, Policy, PolicySpec
+from evalharness.policies.remote.client import Endpoint, OpenpiSession
 from evalharness.serve import (
     Batcher,
     OpenpiEpisodes,
@@ -129,6 +130,44 @@ def test_two_rows_of_one_episode_never_share_an_act():
         f.result(timeout=10)
     batcher.close()
     assert policy.calls == [[1, 2], [2, 3, 4]]
+
+
+class StreamCounter(Policy):
+    """Counts each episode's queries in an `EpisodeStreams`, as stochastic families keep
+    their per-episode generators."""
+
+    def __init__(self) -> None:
+        self.spec = PolicySpec(name="streams")
+        self.pad_batch = False
+        self.counters = EpisodeStreams(lambda seed: [0])
+
+    def act(self, obs: Mapping[str, Any], tasks: Mapping[str, Sequence[Any] | np.ndarray]):
+        counts = self.counters.rows(tasks)
+        for count in counts:
+            count[0] += 1
+        return np.array([[[c[0], 0, 0, 0, 0, 0, 0]] for c in counts], dtype=float)
+
+
+def test_episode_state_of_other_clients_survives_a_call_that_leaves_them_out():
+    policy = StreamCounter()
+    server = PolicyServer(ServeConfig(policy="streams", port=0, max_batch=1), policy)
+    url = f"ws://127.0.0.1:{server.start()}"
+    try:
+        a, b = OpenpiSession(Endpoint(url)), OpenpiSession(Endpoint(url))
+        request = {"observation/image": np.zeros((4, 4, 3), np.uint8), "prompt": "p"}
+        counts = [
+            (session.infer(request)["actions"][0, 0], name)
+            for _ in range(3)
+            for name, session in (("a", a), ("b", b))
+        ]
+        # Every call holds one client's episode only; the other's counter goes on.
+        assert counts == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, "a"), (3, "b")]
+        a.close()
+        time.sleep(0.2)  # the server sees a's connection close: its episode is over
+        assert b.infer(request)["actions"][0, 0] == 4
+        assert len(policy.counters) == 1
+    finally:
+        server.stop()
 
 
 # -- safety ----------------------------------------------------------------------------------
