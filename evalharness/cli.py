@@ -231,11 +231,12 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from evalharness.results import format_table, regenerate_summary
+    from evalharness.results import format_table
+    from evalharness.run_dir import SUMMARY_CSV, regenerate_summary
 
     summary = regenerate_summary(args.run_dir)
     print(format_table(summary))
-    print(f"wrote {Path(args.run_dir) / 'summary.csv'}")
+    print(f"wrote {Path(args.run_dir) / SUMMARY_CSV}")
     return 0
 
 
@@ -662,7 +663,18 @@ def build_parser() -> argparse.ArgumentParser:
         "its ?key=value options with defaults.",
     )
     o.add_argument("names", nargs="*", metavar="NAME", help="only these families")
+    for command in sub.choices.values():
+        _add_logging_arguments(command)
     return parser
+
+
+def _add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages (debug detail)"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="count", default=0, help="warnings and errors only (no progress)"
+    )
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -689,7 +701,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evalharness import logs
+
     args = build_parser().parse_args(argv)
+    logs.configure(logs.level_for(args.verbose, args.quiet))
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from evalharness.errors import EvalharnessError
 from evalharness.results import HARNESS_FAILURE_REASONS, read_episodes, summarize
+from evalharness.run_dir import EPISODES_CSV, RUN_JSON, TRAIN_LOG_CSV, VIDEOS_DIR
 from evalharness.stats import PairedTable, mcnemar_exact_p, paired_difference_ci
 
 __all__ = [
@@ -48,10 +49,6 @@ __all__ = [
     "suite_table",
     "task_labels",
 ]
-
-EPISODES_CSV = "episodes.csv"
-RUN_JSON = "run.json"
-TRAIN_LOG_CSV = "train_log.csv"
 
 #: Columns that identify "the same episode" in two runs.
 PAIR_KEY: tuple[str, ...] = ("suite", "task_id", "init_state_index", "episode_index")
@@ -162,7 +159,7 @@ def _read_train_log(path: Path) -> pd.DataFrame:
 
 def _find_videos(run_dir: Path) -> dict[tuple[str, int, int], Path]:
     videos: dict[tuple[str, int, int], Path] = {}
-    root = run_dir / "videos"
+    root = run_dir / VIDEOS_DIR
     if not root.is_dir():
         return videos
     for suite_dir in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -474,16 +474,17 @@ def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:
     (``finetune.checkpoint``, ``finetune.train_log``), where dashboards look for it
     (``evalharness.compare.find_train_log``). A copy, not a link: a copied run keeps it."""
     from evalharness.results import atomic_write_json
+    from evalharness.run_dir import RUN_JSON, TRAIN_LOG_CSV
 
     run_dir = Path(run_dir)
-    shutil.copyfile(result.train_log, run_dir / TRAIN_LOG)
-    run_json = run_dir / "run.json"
+    shutil.copyfile(result.train_log, run_dir / TRAIN_LOG_CSV)
+    run_json = run_dir / RUN_JSON
     info = json.loads(run_json.read_text()) if run_json.is_file() else {}
     info["finetune"] = {
         "checkpoint": str(Path(result.out_dir).resolve()),
         "policy": result.policy,
         "step": result.step,
-        "train_log": TRAIN_LOG,
+        "train_log": TRAIN_LOG_CSV,
         "source_train_log": str(Path(result.train_log).resolve()),
         "final_loss": result.losses[-1] if result.losses else None,
     }

@@ -27,24 +27,18 @@ import dataclasses
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-import numpy as np
-
 from evalharness import faults
+from evalharness.errors import RunError, UsageError
+from evalharness.executors import EpisodeResult, Event, Executor, Incident
 from evalharness.policies.base import Policy
-from evalharness.results import EpisodeLog
-from evalharness.runner import (
-    RunConfig,
-    RunError,
-    Runner,
-    _Active,
-    _Progress,
-    _stack,
-    act_batch,
-)
+from evalharness.runner import RunConfig, Runner
+from evalharness.scheduling import ActiveEpisode, failure_reason, next_episode, query_policy
 from evalharness.worker import EnvConfig, Episode, EpisodeEnv
+
+__all__ = ["EpisodeActor", "RayExecutor", "RayRunner"]
 
 
 def _import_ray() -> Any:
@@ -55,6 +49,10 @@ def _import_ray() -> Any:
             "--executor ray needs Ray: pip install 'evalharness[ray]' (or pip install 'ray>=2.9')"
         ) from None
     return ray
+
+
+def _result(a: ActiveEpisode, success: bool, reason: str, detail: str = "") -> EpisodeResult:
+    return EpisodeResult(a.episode, success, a.steps, time.monotonic() - a.started, reason, detail)
 
 
 class EpisodeActor:
@@ -77,68 +75,161 @@ class EpisodeActor:
         self.envs = [EpisodeEnv(env_config) for _ in range(envs)]
 
     def pid(self) -> int:
+        """The actor's process id (tests kill it)."""
         return os.getpid()
 
-    def run(self, episodes: list[Episode]) -> Iterator[dict[str, Any]]:
-        """Run `episodes` (at most one per env) in lockstep; yield each result as it ends.
-
-        A result: `episode`, `success`, `steps`, `wall_seconds`, `reason` ("" unless the
-        simulator failed or the policy names why it failed).
-        """
+    def run(self, episodes: list[Episode]) -> Iterator[EpisodeResult]:
+        """Run `episodes` (at most one per env) in lockstep; yield each result as it ends."""
         policy = self.policy
         policy.reset(len(episodes))
-        live: list[dict[str, Any]] = []
+        live: list[tuple[EpisodeEnv, ActiveEpisode]] = []
         for env, episode in zip(self.envs, episodes, strict=False):
-            started = time.monotonic()
+            a = ActiveEpisode(episode, "", {}, time.monotonic())
             try:
-                obs, _ = env.reset(episode)
+                a.obs, _ = env.reset(episode)
             except faults.SimUnstableError as exc:
-                yield self._result(episode, False, 0, started, faults.SIM_UNSTABLE, str(exc))
+                yield _result(a, False, faults.SIM_UNSTABLE, str(exc))
                 continue
-            live.append(
-                {"env": env, "episode": episode, "obs": obs, "steps": 0, "q": 0, "t0": started}
-            )
+            a.instruction = a.obs["language_instruction"]
+            live.append((env, a))
         while live:
-            batch = len(live)
-            obs_batch = _stack([s["obs"] for s in live])
-            tasks: dict[str, Any] = {
-                "language_instruction": [s["obs"]["language_instruction"] for s in live],
-                "episode_seed": np.array([s["episode"].policy_seed for s in live], np.int64),
-                "episode_start": np.array([s["q"] == 0 for s in live]),
-            }
-            actions = act_batch(policy, obs_batch, tasks, batch, self.policy_string)
+            actions = query_policy(policy, [a for _, a in live], self.policy_string)
             still = []
-            for s, chunk in zip(live, actions, strict=True):
-                s["q"] += 1
-                episode = s["episode"]
+            for (env, a), chunk in zip(live, actions, strict=True):
                 try:
-                    ob, _, terminated, truncated, info = s["env"].step(chunk)
+                    a.obs, _, terminated, truncated, info = env.step(chunk)
                 except faults.SimUnstableError as exc:
-                    yield self._result(
-                        episode, False, s["steps"], s["t0"], faults.SIM_UNSTABLE, str(exc)
-                    )
+                    yield _result(a, False, faults.SIM_UNSTABLE, str(exc))
                     continue
-                s["obs"], s["steps"] = ob, int(info["episode_steps"])
+                a.steps = int(info["episode_steps"])
                 if terminated or truncated:
                     success = bool(info["success"])
-                    reason = "" if success else policy.failure_reason(episode.policy_seed)
-                    yield self._result(episode, success, s["steps"], s["t0"], reason)
+                    yield _result(a, success, failure_reason(policy, a.episode, success))
                 else:
-                    still.append(s)
+                    still.append((env, a))
             live = still
 
-    @staticmethod
-    def _result(
-        episode: Episode, success: bool, steps: int, t0: float, reason: str, detail: str = ""
-    ) -> dict[str, Any]:
-        return {
-            "episode": episode,
-            "success": success,
-            "steps": steps,
-            "wall_seconds": time.monotonic() - t0,
-            "reason": reason,
-            "detail": detail,
+
+class RayExecutor(Executor):
+    """Episodes on `num_workers` Ray actors of `envs_per_worker` envs each.
+
+    A worker takes a shard of up to `envs_per_worker` pending episodes (of the task it has
+    built first) and streams their results back as they end; a lost actor is replaced and its
+    unfinished episodes rescheduled once.
+    """
+
+    def __init__(
+        self,
+        env_config: EnvConfig,
+        make_policy: Callable[[], Policy],
+        policy_string: str,
+        num_workers: int,
+        *,
+        address: str | None = None,
+        envs_per_worker: int = 1,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if envs_per_worker < 1:
+            raise UsageError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
+        self.env_config = env_config
+        self.make_policy = make_policy
+        self.policy_string = policy_string
+        self.num_workers = num_workers
+        self.address = address
+        self.envs_per_worker = envs_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.cpus_per_worker = cpus_per_worker
+        #: pids of the actors started, in order (tests kill one of them).
+        self.actor_pids: list[int] = []
+
+    def _start_actor(self, ray: Any) -> Any:
+        env_vars = {
+            k: os.environ[k]
+            for k in (faults.FAULTS_ENV, "MUJOCO_GL", "LP_NUM_THREADS")
+            if k in os.environ
         }
+        cls = ray.remote(EpisodeActor).options(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=0,
+            runtime_env={"env_vars": env_vars} if env_vars else None,
+        )
+        threads = max(1, int(self.cpus_per_worker * self.envs_per_worker))
+        return cls.remote(
+            self.env_config, self.make_policy, self.envs_per_worker, threads, self.policy_string
+        )
+
+    def run(self, pending: deque[Episode]) -> Generator[Event, None, None]:
+        """See `Executor.run`."""
+        if not pending:
+            return
+        ray = _import_ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, log_to_driver=False)
+        n = min(self.num_workers, -(-len(pending) // self.envs_per_worker))
+        actors = [self._start_actor(ray) for _ in range(n)]
+        try:
+            # Raises here (naming the cause) if an actor cannot even start, e.g. no policy.
+            self.actor_pids = list(ray.get([a.pid.remote() for a in actors]))
+            self.first_step = time.monotonic()
+            built: dict[int, int | None] = dict.fromkeys(range(n))
+            #: per actor: its streaming generator and the episodes of its shard not yet ended.
+            running: dict[int, tuple[Any, dict[tuple[str, int, int], Episode]]] = {}
+
+            def submit(i: int) -> None:
+                shard: list[Episode] = []
+                while pending and len(shard) < self.envs_per_worker:
+                    shard.append(next_episode(pending, shard[0].task_id if shard else built[i]))
+                if shard:
+                    built[i] = shard[0].task_id
+                    gen = actors[i].run.options(num_returns="streaming").remote(shard)
+                    running[i] = (gen, {e.key: e for e in shard})
+
+            for i in range(n):
+                submit(i)
+            while running:
+                # A generator is ready when its next episode has ended or its actor is gone.
+                gens = {id(gen): i for i, (gen, _) in running.items()}
+                ready, _ = ray.wait([gen for gen, _ in running.values()], num_returns=1)
+                i = gens[id(ready[0])]
+                gen, open_episodes = running[i]
+                try:
+                    result: EpisodeResult = ray.get(next(gen))
+                except StopIteration:
+                    pass
+                except ray.exceptions.RayActorError as exc:  # ActorDiedError included
+                    yield from self._actor_lost(i, open_episodes, exc, pending)
+                    ray.kill(actors[i], no_restart=True)
+                    actors[i] = self._start_actor(ray)
+                    self.actor_pids.append(ray.get(actors[i].pid.remote()))
+                    built[i] = None
+                else:
+                    self.env_steps += result.steps
+                    open_episodes.pop(result.episode.key, None)
+                    yield result
+                    continue
+                running.pop(i)
+                submit(i)
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+    @staticmethod
+    def _actor_lost(
+        i: int,
+        open_episodes: dict[tuple[str, int, int], Episode],
+        exc: BaseException,
+        pending: deque[Episode],
+    ) -> Iterator[Event]:
+        detail = f"Ray actor {i} died: {type(exc).__name__}"
+        for episode in open_episodes.values():
+            if episode.attempt == 0:
+                pending.appendleft(dataclasses.replace(episode, attempt=1))
+                yield Incident(episode, faults.WORKER_DIED, detail, "rescheduled on a fresh worker")
+            else:
+                yield EpisodeResult(episode, False, 0, 0.0, faults.WORKER_DIED, detail)
 
 
 class RayRunner(Runner):
@@ -160,12 +251,6 @@ class RayRunner(Runner):
         make_policy: Callable[[], Policy] | None = None,
     ) -> None:
         super().__init__(config, policy)
-        if envs_per_worker < 1:
-            raise ValueError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
-        self.address = address
-        self.envs_per_worker = envs_per_worker
-        self.gpus_per_worker = gpus_per_worker
-        self.cpus_per_worker = cpus_per_worker
         if make_policy is None:
             spec, suite = config.policy, config.suite
 
@@ -174,117 +259,22 @@ class RayRunner(Runner):
 
                 return load_policy(spec, suite=suite)
 
-        self.make_policy = make_policy
-        #: pids of the actors started, in order (tests kill one of them).
-        self.actor_pids: list[int] = []
-
-    def _start_actor(self, ray: Any) -> Any:
-        env_vars = {
-            k: os.environ[k]
-            for k in (faults.FAULTS_ENV, "MUJOCO_GL", "LP_NUM_THREADS")
-            if k in os.environ
-        }
-        cls = ray.remote(EpisodeActor).options(
-            num_cpus=self.cpus_per_worker,
-            num_gpus=self.gpus_per_worker,
-            max_restarts=0,
-            runtime_env={"env_vars": env_vars} if env_vars else None,
+        self.ray_executor = RayExecutor(
+            self.env_config,
+            make_policy,
+            config.policy,
+            config.num_envs,
+            address=address,
+            envs_per_worker=envs_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
         )
-        threads = max(1, int(self.cpus_per_worker * self.envs_per_worker))
-        actor = cls.remote(
-            self.env_config, self.make_policy, self.envs_per_worker, threads, self.config.policy
-        )
-        return actor
 
-    def _loop(self, pending: deque[Episode], log: EpisodeLog, done_count: int) -> None:
-        if not pending:
-            return
-        ray = _import_ray()
-        if not ray.is_initialized():
-            ray.init(address=self.address, log_to_driver=False)
-        self._pending = pending
-        self._log = log
-        self._progress = _Progress(len(self.episodes), done_count, enabled=self.config.progress)
-        self.timing["start"] = time.monotonic()
-        n = min(self.config.num_envs, -(-len(pending) // self.envs_per_worker))
-        actors = [self._start_actor(ray) for _ in range(n)]
-        # Raises here (naming the cause) if an actor cannot even start, e.g. no policy.
-        self.actor_pids = list(ray.get([a.pid.remote() for a in actors]))
-        self.timing["first_step"] = time.monotonic()
-        built: dict[int, int | None] = {i: None for i in range(n)}
-        #: per actor: its streaming generator and the episodes of its shard not yet returned.
-        running: dict[int, tuple[Any, dict[tuple[str, int, int], Episode]]] = {}
+    def make_executor(self) -> Executor:
+        """The Ray actors (see `RayExecutor`)."""
+        return self.ray_executor
 
-        def submit(i: int) -> None:
-            shard: list[Episode] = []
-            while pending and len(shard) < self.envs_per_worker:
-                task = built[i] if not shard else shard[0].task_id
-                episode = next((e for e in pending if e.task_id == task), pending[0])
-                pending.remove(episode)
-                shard.append(episode)
-            if shard:
-                built[i] = shard[0].task_id
-                gen = actors[i].run.options(num_returns="streaming").remote(shard)
-                running[i] = (gen, {e.key: e for e in shard})
-
-        try:
-            for i in range(n):
-                submit(i)
-            while running:
-                # A generator is ready when its next episode has ended or its actor is gone.
-                gens = {id(gen): i for i, (gen, _) in running.items()}
-                ready, _ = ray.wait([gen for gen, _ in running.values()], num_returns=1)
-                i = gens[id(ready[0])]
-                gen, open_episodes = running[i]
-                try:
-                    item = ray.get(next(gen))
-                except StopIteration:
-                    item = None
-                except ray.exceptions.RayActorError as exc:  # ActorDiedError included
-                    self._actor_lost(i, open_episodes, exc)
-                    ray.kill(actors[i], no_restart=True)
-                    actors[i] = self._start_actor(ray)
-                    self.actor_pids.append(ray.get(actors[i].pid.remote()))
-                    built[i] = None
-                    item = None
-                if item is not None:
-                    self._record_result(item)
-                    open_episodes.pop(item["episode"].key, None)
-                    continue
-                running.pop(i)
-                submit(i)
-            self.timing["end"] = time.monotonic()
-        finally:
-            self.timing.setdefault("end", time.monotonic())
-            self._progress.close()
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-
-    def _actor_lost(
-        self, i: int, open_episodes: dict[tuple[str, int, int], Episode], exc: BaseException
-    ) -> None:
-        detail = f"Ray actor {i} died: {type(exc).__name__}"
-        for episode in open_episodes.values():
-            a = _Active(episode, self.tasks[episode.task_id], {}, time.monotonic())
-            if episode.attempt == 0:
-                self._incident(a, faults.WORKER_DIED, detail, "rescheduled on a fresh worker")
-                self._pending.appendleft(dataclasses.replace(episode, attempt=1))
-            else:
-                self._fault_row(a, faults.WORKER_DIED, detail)
-
-    def _record_result(self, item: dict[str, Any]) -> None:
-        episode: Episode = item["episode"]
-        a = _Active(
-            episode,
-            self.tasks[episode.task_id],
-            {},
-            time.monotonic() - float(item["wall_seconds"]),
-            steps=int(item["steps"]),
-        )
-        self.env_steps += a.steps
-        if item["reason"] == faults.SIM_UNSTABLE:
-            self._fault_row(a, faults.SIM_UNSTABLE, item["detail"])
-            return
-        self._record(self._row(a, bool(item["success"]), reason=item["reason"] or None))
-        self._progress.episode_done(bool(item["success"]))
-        self._progress.steps(self.env_steps)
+    @property
+    def actor_pids(self) -> list[int]:
+        """pids of the actors started by the latest run, in order."""
+        return self.ray_executor.actor_pids

@@ -37,10 +37,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from evalharness.envs.libero import LiberoEnv, TaskInfo, get_task, list_tasks
+from evalharness.envs.libero import LiberoEnv, TaskInfo, UnknownTaskError, get_task, list_tasks
 from evalharness.envs.rotations import quat2axisangle
-from evalharness.policies.base import Policy, check_actions
+from evalharness.policies.base import Policy
 from evalharness.protocols import Protocol, get_protocol
+from evalharness.scheduling import ActiveEpisode, policy_seed, query_policy
+from evalharness.worker import Episode
 
 LIBERO_TAG = "libero-v1"
 #: LIBERO's datasets are rendered at 128 px; the protocol's eval size does not apply here.
@@ -142,22 +144,25 @@ def rollout(
     seed: int,
     policy_seed: int,
 ) -> Demo:
-    """One episode of `policy` on a wrapped env; returns what `recorder` logged."""
-    from evalharness.runner import _stack
+    """One episode of `policy` on a wrapped env; returns what `recorder` logged.
 
+    The policy is queried as `evalharness run` queries it (`evalharness.scheduling`): the same
+    `tasks` dict, padding and action checks, so a recorded demo is an episode of a run.
+    """
     obs, _ = env.reset(seed=seed, options={"init_state_index": init_state_index})
     policy.reset(1)
-    instruction = recorder.base.task.instruction
-    first = True
+    episode = Episode(
+        suite=recorder.base.task.suite,
+        task_id=recorder.base.task.task_id,
+        episode_index=0,
+        init_state_index=init_state_index,
+        seed=seed,
+        policy_seed=policy_seed,
+    )
+    active = ActiveEpisode(episode, recorder.base.task.instruction, obs, time.monotonic())
     while True:
-        tasks: dict[str, Any] = {
-            "language_instruction": [instruction],
-            "episode_seed": np.array([policy_seed], dtype=np.int64),
-            "episode_start": np.array([first]),
-        }
-        first = False
-        actions = check_actions(policy, policy.act(_stack([obs]), tasks), 1)[0]
-        obs, _, terminated, truncated, _ = env.step(actions)
+        chunk = query_policy(policy, [active], policy.spec.name)[0]
+        active.obs, _, terminated, truncated, _ = env.step(chunk)
         if terminated or truncated:
             break
     recorder.demo.seed = seed
@@ -279,7 +284,6 @@ def record(config: RecordConfig, policy: Policy | None = None, progress: bool = 
     are left out (a task may then get fewer demos, or none: its file is still written).
     """
     from evalharness.policies import load_policy
-    from evalharness.runner import policy_seed
 
     if policy is None:
         policy = load_policy(config.policy, suite=config.suite)
@@ -407,7 +411,7 @@ def _task_for_bddl(bddl: str, suite: str | None) -> TaskInfo:
         for task in list_tasks(s):
             if Path(task.bddl_file).name == name:
                 return task
-    raise ValueError(
+    raise UnknownTaskError(
         f"bddl_file_name {bddl!r} names no task of {suite or 'any LIBERO suite'}; expected a "
         "file from LIBERO's bddl_files/<suite>/"
     )

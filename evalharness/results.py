@@ -34,11 +34,11 @@ except ImportError:  # pragma: no cover - Windows has no fcntl
 __all__ = [
     "EPISODE_COLUMNS",
     "HARNESS_FAILURE_REASONS",
-    "MissingResultsError",
-    "ResultsFileError",
     "SUMMARY_COLUMNS",
     "TIMING_COLUMNS",
     "EpisodeLog",
+    "MissingResultsError",
+    "ResultsFileError",
     "atomic_write_json",
     "atomic_write_text",
     "format_episode_row",
@@ -46,7 +46,6 @@ __all__ = [
     "read_episodes",
     "read_summary",
     "read_summary_header",
-    "regenerate_summary",
     "summarize",
     "wilson_interval",
     "write_summary",
@@ -658,25 +657,3 @@ def format_table(summary: pd.DataFrame, instruction_width: int = 60) -> str:
         for _, row in suites.iterrows():
             out.append(line(row, "all", "(all tasks)"))
     return "\n".join(out) + "\n"
-
-
-def regenerate_summary(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Rebuild ``run_dir/summary.csv`` from ``run_dir/episodes.csv`` and return it.
-
-    The ``protocol`` entry of ``run_dir/run.json``, when present, becomes the summary header.
-    """
-    run_dir = Path(run_dir)
-    summary = summarize(read_episodes(run_dir / "episodes.csv"))
-    header: Mapping[str, object] | None = None
-    run_json = run_dir / "run.json"
-    if run_json.exists():
-        meta = json.loads(run_json.read_text(encoding="utf-8"))
-        protocol = meta.get("protocol") if isinstance(meta, dict) else None
-        if protocol is not None:
-            if not isinstance(protocol, dict):
-                raise ValueError(
-                    f"{run_json}: 'protocol' must be an object, got {type(protocol).__name__}"
-                )
-            header = protocol
-    write_summary(summary, run_dir / "summary.csv", header)
-    return summary

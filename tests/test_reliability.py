@@ -45,7 +45,9 @@ from evalharness.results import (
     read_summary,
     summarize,
 )
+from evalharness.run_dir import RunDir, append_episode
 from evalharness.runner import PolicyError, RunConfig, RunError, Runner
+from evalharness.scheduling import act_batch
 from evalharness.worker import Episode, video_filename
 
 TINY = get_protocol("openvla").with_overrides(
@@ -252,13 +254,13 @@ def test_harness_failures_are_excluded_from_the_success_rate_and_counted() -> No
     ],
 )
 def test_policy_raising_or_returning_bad_actions_stops_with_a_clear_error(
-    tmp_path: Path, bad: Any, message: str
+    bad: Any, message: str
 ) -> None:
-    runner = Runner(_config(tmp_path, policy="flaky"), ScriptedFailure(1, bad))
+    policy = ScriptedFailure(1, bad)
     obs = {"proprio": np.zeros((2, 1, 8), np.float32)}
     tasks = {"language_instruction": ["a", "b"], "episode_seed": np.array([1, 2])}
     with pytest.raises(PolicyError, match=message) as info:
-        runner._act(obs, tasks, 2)
+        act_batch(policy, obs, tasks, 2, "flaky")
     assert "flaky" in str(info.value) and "(2, 2, 7)" in str(info.value)
 
 
@@ -450,7 +452,7 @@ def test_checkpoint_digest_follows_content_not_path(tmp_path: Path) -> None:
 def _write_identity(runner: Runner, out: Path, **changes: Any) -> None:
     from evalharness.versions import package_versions
 
-    identity = runner._full_identity(package_versions())
+    identity = runner.identity(package_versions())
     for dotted, value in changes.items():
         node = identity
         *parents, leaf = dotted.split("__")
@@ -473,7 +475,7 @@ def test_resume_refuses_a_different_checkpoint_content_or_versions_listing_the_f
     runner = Runner(_config(out, policy=f"ckpt:{ckpt}", resume=True), NamedZero())
 
     _write_identity(runner, out)
-    runner._check_resume(runner._full_identity(_versions()))  # same identity: accepted
+    RunDir(out).check_resume(runner.identity(_versions()), resume=True)  # same: accepted
 
     (ckpt / "weights.msgpack").write_bytes(b"v2")  # retrained in place, same path
     with pytest.raises(RunError, match=r"differs in checkpoint_sha256 \(checkpoint_sha256:"):
@@ -592,10 +594,8 @@ def test_output_directory_without_space_is_refused_and_a_full_disk_mid_run_is_na
         def append(self, row: Mapping[str, object]) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    runner = Runner(_config(tmp_path / "out2"), load_policy("zero"))
-    runner._log = FullLog()  # type: ignore[assignment]
     with pytest.raises(RunError, match=r"episodes\.csv: No space left on device; the episodes"):
-        runner._record(_row(0, True, ""))
+        append_episode(FullLog(), _row(0, True, ""))  # type: ignore[arg-type]
 
 
 def _octo_checkpoint(path: Path) -> Path:

@@ -24,11 +24,11 @@ from evalharness.results import (
     read_episodes,
     read_summary,
     read_summary_header,
-    regenerate_summary,
     summarize,
     wilson_interval,
     write_summary,
 )
+from evalharness.run_dir import regenerate_summary
 
 HEADER = ",".join(EPISODE_COLUMNS) + "\n"
 

@@ -4,7 +4,6 @@ env reuse that equals a fresh build, and the rendering-backend probe."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 from evalharness import render_check
 from evalharness.batching import PAD_SEED_BASE, pad_batch, padded_size
 from evalharness.policies import Policy, PolicySpec
-from evalharness.protocols import get_protocol
-from evalharness.runner import RunConfig, Runner
+from evalharness.scheduling import act_batch
 
 
 def test_batches_are_padded_to_a_few_fixed_sizes() -> None:
@@ -57,23 +55,12 @@ class _BatchSizes(Policy):
 
 
 @pytest.mark.parametrize("pad", [True, False])
-def test_runner_calls_the_policy_with_padded_batches_and_keeps_the_real_rows(
-    tmp_path: Path, pad: bool
-) -> None:
-    config = RunConfig(
-        suite="libero_spatial",
-        policy="sizes",
-        out_dir=tmp_path,
-        protocol=get_protocol("openvla"),
-        task_ids=(0,),
-        num_envs=3,
-        progress=False,
-    )
+def test_runner_calls_the_policy_with_padded_batches_and_keeps_the_real_rows(pad: bool) -> None:
     policy = _BatchSizes(pad)
-    runner = Runner(config, policy)
     obs = {"proprio": np.zeros((3, 1, 8), np.float32)}
     tasks = {"episode_seed": np.array([5, 6, 7]), "language_instruction": ["x"] * 3}
-    actions = runner._act(obs, tasks, 3)
+    # The one batched call every executor makes (evalharness.scheduling).
+    actions = act_batch(policy, obs, tasks, 3, "sizes")
     assert policy.sizes == [4 if pad else 3]
     assert actions.shape == (3, 2, 7) and actions[:, 0, 0].tolist() == [5, 6, 7]
 
