@@ -26,7 +26,14 @@ from PIL import Image
 
 from evalharness.envs.rotations import ORIENTATIONS, rotate180
 
-__all__ = ["ActionChunk", "History", "ImageOrientation", "ResizeImage", "TemporalEnsemble"]
+__all__ = [
+    "ActionChunk",
+    "History",
+    "ImageOrientation",
+    "ResizeImage",
+    "TemporalEnsemble",
+    "resize_frames",
+]
 
 PAD_MASK_KEY = "timestep_pad_mask"
 
@@ -92,7 +99,7 @@ def _parse_size(size: Any, what: str) -> tuple[int, int]:
     return int(hw[0]), int(hw[1])
 
 
-def _resize_frames(image: NDArray[np.uint8], height: int, width: int) -> NDArray[np.uint8]:
+def resize_frames(image: NDArray[np.uint8], height: int, width: int) -> NDArray[np.uint8]:
     """Lanczos-resize an (..., H, W, C) uint8 array to (..., height, width, C)."""
     *lead, _, _, channels = image.shape
     frames = np.ascontiguousarray(image).reshape(-1, *image.shape[-3:])
@@ -218,7 +225,7 @@ class ResizeImage(gym.ObservationWrapper[dict[str, Any], Any, dict[str, Any]]):
                 continue
             if image.dtype != np.uint8:
                 raise ValueError(f"ResizeImage: {key!r} must be uint8, got {image.dtype}")
-            out[key] = _resize_frames(image, h, w)
+            out[key] = resize_frames(image, h, w)
         return out
 
 

@@ -239,10 +239,10 @@ def _view(
             if orientation != "upright":
                 frames = rotate180(frames)
             if key in image_sizes and frames.shape[-3:-1] != tuple(image_sizes[key]):
-                from evalharness.envs.wrappers import _resize_frames
+                from evalharness.envs.wrappers import resize_frames
 
                 h, w = image_sizes[key]
-                frames = _resize_frames(frames, h, w)
+                frames = resize_frames(frames, h, w)
         out[key] = frames
     out["timestep_pad_mask"] = pad[list(steps)]
     return out

@@ -285,7 +285,7 @@ class OpenpiEpisodes:
 
     def request(self, message: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The (obs, tasks) batch of one row for an openpi observation."""
-        from evalharness.envs.wrappers import _resize_frames
+        from evalharness.envs.wrappers import resize_frames
 
         prompt = str(message.get("prompt", ""))
         if self.seed < 0 or (not self.explicit and prompt != self.prompt):
@@ -306,7 +306,7 @@ class OpenpiEpisodes:
                     value = np.ascontiguousarray(value[::-1, ::-1])
                 size = self.spec.image_sizes.get(standard)
                 if size is not None and tuple(value.shape[:2]) != tuple(size):
-                    value = _resize_frames(value, int(size[0]), int(size[1]))
+                    value = resize_frames(value, int(size[0]), int(size[1]))
             else:
                 value = np.asarray(value, dtype=np.float32).reshape(-1)
             frame[standard] = value

@@ -90,9 +90,11 @@ def init_params(module: OctoModule, example_batch: dict[str, Any], seed: int = 0
     return jax.tree.map(np.asarray, init(jax.random.PRNGKey(seed)))
 
 
-def _t5_config(
+def t5_config(
     ckpt: OctoCheckpoint, config: OctoConfig, hf_config: dict[str, Any] | None
 ) -> T5EncoderConfig | None:
+    """The T5 encoder config of the model's language tokenizer, read from the checkpoint's
+    weights (None when the model takes no language)."""
     lang = config.model.language_tokenizer
     if lang is None or lang.encoder is None:
         return None
@@ -133,7 +135,7 @@ def load_octo(
     inputs = OctoInputSpec.from_example_batch(
         ckpt.example_batch, config.window_size, source=str(ckpt.directory / "example_batch.msgpack")
     )
-    t5 = _t5_config(ckpt, config, hf_config)
+    t5 = t5_config(ckpt, config, hf_config)
     module = build_module(config, t5)
     try:
         structs = _param_structs(module, ckpt.example_batch)

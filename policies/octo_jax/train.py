@@ -502,12 +502,12 @@ def checkpoint_report(path: str | Path, step: int | None = None) -> tuple[Any, C
     ``444 = 32 + 384 + 7 × 4``.
     """
     from evalharness.policies.octo.checkpoint import load_checkpoint
-    from evalharness.policies.octo_jax.loader import _t5_config
+    from evalharness.policies.octo_jax.loader import t5_config
 
     ckpt = load_checkpoint(path, step)
     config = OctoConfig.from_checkpoint_config(ckpt.config, source=str(ckpt.directory))
     inputs = OctoInputSpec.from_example_batch(ckpt.example_batch, config.window_size)
-    module = build_module(config, _t5_config(ckpt, config, None))
+    module = build_module(config, t5_config(ckpt, config, None))
     shapes = param_shapes(module, ckpt.example_batch)
     report = compare_shapes(
         ckpt.flat_params,
