@@ -33,7 +33,7 @@ import pandas as pd
 
 from evalharness.errors import RunError
 from evalharness.identity import (
-    checkpoint_digest,
+    checkpoint_identity,
     differing_fields,
     identity_hash,
     lookup,
@@ -104,12 +104,14 @@ def outcome_identity(
     policy_identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes outcomes (see evalharness.identity), hashed into run.json:
-    `recorded_fields`, the checkpoint's content hash and the outcome-relevant versions, plus
-    what identifies a model beyond a checkpoint file (a policy server's metadata), if any."""
-    identity = dict(fields) | {
-        "checkpoint_sha256": checkpoint_digest(checkpoint_path),
-        "versions": outcome_versions(versions),
-    }
+    `recorded_fields`, the checkpoint's content hash (and, for a hub reference, the commit it
+    resolved to) and the outcome-relevant versions, plus what identifies a model beyond a
+    checkpoint file (a policy server's metadata), if any."""
+    identity = (
+        dict(fields)
+        | checkpoint_identity(checkpoint_path)
+        | {"versions": outcome_versions(versions)}
+    )
     # Absent for local policies, so their identities are unchanged.
     if policy_identity:
         identity["policy_identity"] = dict(policy_identity)
