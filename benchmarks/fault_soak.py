@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalharness.results import TIMING_COLUMNS, read_episodes
+from evalharness.run_dir import EPISODES_CSV, RUN_JSON
 
 #: The checkout this script belongs to: default output goes under its `results/`, whatever the
 #: working directory.
@@ -89,7 +90,7 @@ def run(
         time.sleep(0.2)
         if next_kill is None:
             continue
-        rows = _rows(out / "episodes.csv")
+        rows = _rows(out / EPISODES_CSV)
         if rows >= next_kill:
             workers = _env_workers(proc.pid)
             if workers:
@@ -112,7 +113,7 @@ def _jitter(every: int, rng: random.Random) -> int:
 
 
 def _outcomes(run_dir: Path) -> pd.DataFrame:
-    df = read_episodes(run_dir / "episodes.csv").drop(columns=list(TIMING_COLUMNS))
+    df = read_episodes(run_dir / EPISODES_CSV).drop(columns=list(TIMING_COLUMNS))
     return df.sort_values(["task_id", "episode_index"]).reset_index(drop=True)
 
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     ref, dis = _outcomes(root / "reference"), _outcomes(root / "disturbed")
-    info = json.loads((root / "disturbed" / "run.json").read_text())
+    info = json.loads((root / "disturbed" / RUN_JSON).read_text())
     rescheduled = sum(1 for i in info["incidents"] if i["action"].startswith("rescheduled"))
     died = int((dis["failure_reason"] == "worker_died").sum())
     identical = ref.equals(dis)
