@@ -20,6 +20,7 @@ from typing import Any
 
 from evalharness.data.episode import Episode
 from evalharness.data.errors import DatasetError
+from evalharness.data.lerobot import is_lerobot_dataset, read_lerobot, stored_statistics
 from evalharness.data.libero_hdf5 import read_libero_hdf5
 from evalharness.data.rlds import read_rlds
 from evalharness.data.spec import DatasetSpec, get_spec
@@ -30,11 +31,14 @@ from evalharness.policies.common.normalization import NormalizationType, select_
 
 
 def detect_format(path: str | Path) -> str | None:
-    """``rlds`` for a TFDS folder, ``libero_hdf5`` for .hdf5 files, None when unclear."""
+    """``rlds`` for a TFDS folder, ``libero_hdf5`` for .hdf5 files, ``lerobot`` for a folder
+    with ``meta/info.json``, None when unclear."""
     path = Path(path)
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
         return "libero_hdf5"
     if path.is_dir():
+        if is_lerobot_dataset(path):
+            return "lerobot"
         if (path / "features.json").is_file() or any(
             (p / "features.json").is_file() for p in path.iterdir() if p.is_dir()
         ):
@@ -67,6 +71,8 @@ class Dataset:
             return
         if self.spec.format == "libero_hdf5":
             stream = read_libero_hdf5(self.path, self.spec)
+        elif self.spec.format == "lerobot":
+            stream = read_lerobot(self.path, self.spec)
         else:
             stream = read_rlds(self.path, self.spec, self.split)
         for episode in stream:
@@ -87,7 +93,10 @@ class Dataset:
     def statistics(self) -> dict[str, Any]:
         """Octo-layout statistics (see `evalharness.data.statistics`), computed once."""
         if self._statistics is None:
-            self._statistics = compute_statistics(self.load(), self.spec)
+            if self.spec.statistics == "stored":
+                self._statistics = stored_statistics(self.path, self.spec, self.load())
+            else:
+                self._statistics = compute_statistics(self.load(), self.spec)
         return self._statistics
 
     def write_statistics(self, out: str | Path) -> Path:
@@ -171,7 +180,7 @@ def open_dataset(
         raise DatasetError(f"{path}: no such file or folder")
     found = detect_format(path)
     if found is not None and found != resolved.format:
-        hint = {"rlds": "libero_rlds", "libero_hdf5": "libero"}[found]
+        hint = {"rlds": "libero_rlds", "libero_hdf5": "libero", "lerobot": "libero_lerobot"}[found]
         raise DatasetError(
             f"{path} holds {found} data but spec {resolved.name!r} is for {resolved.format}; "
             f"use a {found} spec such as {hint!r}"
