@@ -6,18 +6,20 @@
     ds.statistics()                         # Octo's dataset_statistics.json layout
     ds.batches(window_size, action_horizon, batch_size, seed, normalization="normal")
 
-Formats: LIBERO/robomimic HDF5 (`libero_hdf5`) and RLDS/TFDS (`rlds`, read and written
-without TensorFlow). Every error is a `DatasetError` (a ValueError) naming file, key and what
-was expected.
+Formats: LIBERO/robomimic HDF5 (`libero_hdf5`), RLDS/TFDS (`rlds`, read and written
+without TensorFlow) and LeRobotDataset v2.x/v3.0 (`lerobot`, read without the lerobot
+package). Every error is a `DatasetError` (a ValueError) naming file, key and what was expected.
 """
 
 from evalharness.data.dataset import Dataset, detect_format, open_dataset
 from evalharness.data.episode import Episode, episode_length, noop_mask, standardize_episode
 from evalharness.data.errors import DatasetError
+from evalharness.data.lerobot import read_lerobot
 from evalharness.data.libero_hdf5 import read_libero_hdf5
 from evalharness.data.rlds import read_rlds, read_rlds_raw, write_rlds
 from evalharness.data.spec import (
     LIBERO,
+    LIBERO_LEROBOT,
     LIBERO_RLDS,
     PRESETS,
     DatasetSpec,
@@ -31,6 +33,7 @@ from evalharness.data.statistics import (
     write_statistics,
 )
 from evalharness.data.tiny import write_tiny_libero_hdf5, write_tiny_rlds
+from evalharness.data.tiny_lerobot import write_tiny_lerobot
 from evalharness.data.windows import (
     BatchSampler,
     episode_samples,
@@ -42,6 +45,7 @@ from evalharness.data.windows import (
 
 __all__ = [
     "LIBERO",
+    "LIBERO_LEROBOT",
     "LIBERO_RLDS",
     "PRESETS",
     "STATISTICS_FILE",
@@ -61,6 +65,7 @@ __all__ = [
     "normalize_batch",
     "open_dataset",
     "pad_action_dim",
+    "read_lerobot",
     "read_libero_hdf5",
     "read_rlds",
     "read_rlds_raw",
@@ -69,6 +74,7 @@ __all__ = [
     "window_indices",
     "write_rlds",
     "write_statistics",
+    "write_tiny_lerobot",
     "write_tiny_libero_hdf5",
     "write_tiny_rlds",
 ]

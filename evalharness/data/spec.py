@@ -12,6 +12,14 @@ Presets (``get_spec(name)``):
 - ``libero_rlds``: OpenVLA's ``modified_libero_rlds`` (``libero_*_no_noops``): images already
   rotated 180° during conversion, ``state`` = EEF pose 6 + gripper qpos 2, raw LIBERO gripper
   actions that OpenVLA's ``libero_dataset_transform`` maps to 1 = open / 0 = closed.
+- ``libero_lerobot``: the LIBERO LeRobotDatasets LeRobot trains on (``lerobot/libero``, mp4
+  cameras; ``HuggingFaceVLA/libero``, PNG in parquet): ``observation.images.image`` (agentview)
+  and ``observation.images.image2`` (wrist), ``observation.state`` 8, ``action`` 7. They are
+  openpi's conversion of the OpenVLA RLDS copy, so the same conventions: upright frames (LeRobot's
+  LIBERO env processor rotates the simulator's frames 180° to match them), raw LIBERO gripper.
+- ``libero_lerobot_openpi``: openpi's own conversion (``physical-intelligence/libero``,
+  openpi ``examples/libero/convert_libero_data_to_lerobot.py``): the same data under the keys
+  ``image``, ``wrist_image``, ``state``, ``actions``.
 
 ``spec.to_dict()`` is what a checkpoint stores beside its weights (``dataset_spec.json``);
 ``DatasetSpec.from_dict`` reads it back, and ``spec.eval_image_transform`` says what evaluation
@@ -33,7 +41,10 @@ from evalharness.data.errors import DatasetError
 from evalharness.envs.rotations import ORIENTATIONS, rotate180
 from evalharness.policies.common.normalization import Gripper
 
-FORMATS = ("libero_hdf5", "rlds")
+FORMATS = ("libero_hdf5", "rlds", "lerobot")
+#: Where normalization statistics come from: computed from the episodes as read (``data``), or
+#: a LeRobotDataset's own ``meta/stats.json`` (``stored``; see `evalharness.data.lerobot`).
+STATISTICS_SOURCES = ("data", "stored")
 #: Orientations (``envs.rotations.ORIENTATIONS``): ``raw`` is robosuite's OpenGL render, upside
 #: down (LIBERO HDF5); ``upright`` is rotated 180°, what the harness' env produces and what
 #: OpenVLA/Octo/LeRobot LIBERO data holds.
@@ -58,11 +69,12 @@ class DatasetSpec:
 
     Keys are paths relative to one episode: for LIBERO HDF5 relative to ``data/demo_i``
     (``obs/agentview_rgb``, ``actions``); for RLDS relative to ``steps/``
-    (``observation/image``, ``action``, ``language_instruction``).
+    (``observation/image``, ``action``, ``language_instruction``); for a LeRobotDataset its
+    feature names (``observation.images.image``, ``action``; language from ``task_index``).
 
     Fields:
         name: preset or user name, recorded with the checkpoint.
-        format: ``libero_hdf5`` or ``rlds``.
+        format: ``libero_hdf5``, ``rlds`` or ``lerobot``.
         image_keys: standard image key (``image_primary``, ``image_wrist``, any ``image_*``) →
             source key.
         proprio_keys: source keys concatenated, in order, into ``proprio``; empty = no proprio.
@@ -79,6 +91,8 @@ class DatasetSpec:
             gripper equal to the previous kept action's; the first kept action by norm only).
         action_normalization_mask: per action dim, whether statistics normalize it; None means
             every dim but the last (the gripper stays as is, as in Octo and OpenVLA).
+        statistics: ``data`` (computed from the episodes as read, the default) or ``stored``
+            (a LeRobotDataset's own ``meta/stats.json``, taken as it is).
     """
 
     name: str
@@ -97,6 +111,7 @@ class DatasetSpec:
     filter_noops: bool = False
     noop_threshold: float = 1e-4
     action_normalization_mask: tuple[bool, ...] | None = None
+    statistics: str = "data"
 
     def __post_init__(self) -> None:
         def fail(field_name: str, value: Any, expected: str) -> DatasetError:
@@ -169,6 +184,10 @@ class DatasetSpec:
                     "action_normalization_mask", mask, f"{self.action_dim} entries (action_dim)"
                 )
             object.__setattr__(self, "action_normalization_mask", tuple(bool(m) for m in mask))
+        if self.statistics not in STATISTICS_SOURCES:
+            raise fail("statistics", self.statistics, f"one of {', '.join(STATISTICS_SOURCES)}")
+        if self.statistics == "stored" and self.format != "lerobot":
+            raise fail("statistics", self.statistics, "'data' (only LeRobotDatasets store theirs)")
 
     # -- what the reader does -------------------------------------------------------------
 
@@ -321,10 +340,38 @@ LIBERO_ROBOMIMIC = dataclasses.replace(
     gripper_for_model=Gripper.LIBERO,
 )
 
+LIBERO_LEROBOT = DatasetSpec(
+    name="libero_lerobot",
+    format="lerobot",
+    image_keys={
+        "image_primary": "observation.images.image",
+        "image_wrist": "observation.images.image2",
+    },
+    proprio_keys=("observation.state",),
+    proprio_dims=(8,),
+    action_key="action",
+    action_dim=7,
+    language_key="task_index",
+    stored_orientation="upright",
+    model_orientation="upright",
+    gripper_in_file=Gripper.LIBERO,
+    gripper_for_model=Gripper.OCTO,
+)
+
+LIBERO_LEROBOT_OPENPI = dataclasses.replace(
+    LIBERO_LEROBOT,
+    name="libero_lerobot_openpi",
+    image_keys={"image_primary": "image", "image_wrist": "wrist_image"},
+    proprio_keys=("state",),
+    action_key="actions",
+)
+
 PRESETS: dict[str, DatasetSpec] = {
     "libero": LIBERO,
     "libero_rlds": LIBERO_RLDS,
     "libero_robomimic": LIBERO_ROBOMIMIC,
+    "libero_lerobot": LIBERO_LEROBOT,
+    "libero_lerobot_openpi": LIBERO_LEROBOT_OPENPI,
 }
 
 
