@@ -320,3 +320,28 @@ def test_a_server_killed_mid_run_stops_it_cleanly_and_resume_finishes_after_rest
     assert resumed.returncode == 0, stderr
     assert _rows(out) == 2
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_the_serve_your_own_policy_example_serves_its_policy():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_my_policy", REPO / "docs" / "examples" / "serve_my_policy.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = PolicyServer(ServeConfig(policy="my_policy", port=0), module.MyPolicy())
+    try:
+        remote = load_policy(f"remote:ws://127.0.0.1:{server.start()}")
+        assert (remote.spec.action_horizon, remote.spec.exec_horizon) == (8, 4)
+        assert remote.spec.image_sizes == {"image_primary": (128, 128), "image_wrist": (128, 128)}
+        obs = {"image_primary": np.zeros((2, 1, 128, 128, 3), np.uint8)}
+        tasks = {
+            "language_instruction": ["a", "b"],
+            "episode_seed": np.array([1, 2]),
+            "episode_start": np.array([True, True]),
+        }
+        assert remote.act(obs, tasks)[..., -1].tolist() == [[-1.0] * 8] * 2
+    finally:
+        server.stop()
