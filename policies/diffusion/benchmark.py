@@ -1,7 +1,7 @@
 """Models ``benchmarks/policy_latency.py`` times for ``diffusion`` besides its example.
 
 robomimic's default shape with random weights: two 84² cameras through ResNet18 +
-SpatialSoftmax (crops 76²), UNet 256/512/1024, DDIM 100/10, ~69M parameters.
+SpatialSoftmax (crops 76²), UNet 256/512/1024, DDIM 100/10, ~92M parameters.
 """
 
 from __future__ import annotations
