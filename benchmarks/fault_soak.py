@@ -1,7 +1,7 @@
 """Fault soak: a run whose env workers are SIGKILLed from outside every ~N episodes must end
 with every episode recorded and outcomes identical to an undisturbed run of the same seed.
 
-    python benchmarks/fault_soak.py                      # 200 episodes: 4 tasks x 50, zero policy
+    python benchmarks/fault_soak.py                      # 200 episodes: 4 tasks x 50, no-op policy
     python benchmarks/fault_soak.py --tasks 0 --episodes-per-task 8 --max-steps 5 --kill-every 3
 
 It runs `evalharness run` twice (the reference, then the disturbed run), each in its own
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalharness.policies.registry import NO_OP_POLICY
 from evalharness.results import TIMING_COLUMNS, read_episodes
 from evalharness.run_dir import EPISODES_CSV, RUN_JSON
 
@@ -120,7 +121,7 @@ def _outcomes(run_dir: Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="libero_spatial")
-    parser.add_argument("--policy", default="zero")
+    parser.add_argument("--policy", default=NO_OP_POLICY)
     parser.add_argument("--tasks", default="0-3")
     parser.add_argument("--episodes-per-task", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=20)

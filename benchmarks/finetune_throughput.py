@@ -1,11 +1,12 @@
 """Training steps/s per policy family at a fixed small batch, on a tiny synthetic dataset.
 
-    python benchmarks/finetune_throughput.py [--families octo_jax] [--batch-size 8] [--steps 20]
+    python benchmarks/finetune_throughput.py [--families NAME,...] [--batch-size 8] [--steps 20]
 
-Each family contributes one function ``bench_<family>(data, args) -> dict`` registered in
-``BENCHES``; the driver times ``Trainer.train_step`` after a warm-up (compilation) step.
-Families: ``octo_jax`` and ``octo_pt`` (the tiny Octo fixture), ``diffusion`` (the tiny
-robomimic UNet fixture, 84² cameras with random crops, EMA).
+The families are the registered ones that can be finetuned (their entry names a trainer);
+each starts from its contract example's checkpoint (``PolicyExample.finetune``, the tiny
+upstream fixtures) and reads the data with the example's dataset-spec preset, in ``head_only``
+and ``full`` mode, on CUDA where the family takes ``?device=`` and a GPU is present. The driver
+times ``Trainer.train_step`` after a warm-up (compilation) step.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from evalharness.data import write_tiny_libero_hdf5
 from evalharness.finetune import FinetuneConfig, FinetuneOptions, build_trainer
+from evalharness.policies.registry import PolicyFamily, families
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
@@ -65,52 +66,44 @@ def _time_trainer(
     }
 
 
-def bench_octo_jax(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The tiny Octo fixture (64² primary, 32² wrist, T5-tiny), head_only and full."""
-    import jax
+def _device(family: PolicyFamily) -> str:
+    """``cuda`` for a torch family when a GPU is present, else ``cpu`` (JAX picks its own)."""
+    if "torch" in family.requires:
+        import torch
 
-    policy = f"octo_jax:{FIXTURES / 'octo_tiny_lang'}"
-    rows = [_time_trainer(policy, data, mode, args) for mode in ("head_only", "full")]
-    for row in rows:
-        row["device"] = jax.devices()[0].platform
-    return rows
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if "jax" in family.requires:
+        import jax
+
+        return str(jax.devices()[0].platform)
+    return "cpu"
 
 
-def bench_octo_pt(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The same tiny Octo fixture in PyTorch (``?device=cuda`` when a GPU is present)."""
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy = f"octo_pt:{FIXTURES / 'octo_tiny_lang'}?device={device}"
-    rows = [_time_trainer(policy, data, mode, args) for mode in ("head_only", "full")]
+def bench_family(
+    family: PolicyFamily, data: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """head_only and full training steps/s of ``family`` on its example checkpoint."""
+    example = family.load("example")(args.fixtures)
+    if example.finetune is None:
+        raise SystemExit(f"{family.name}: its example names no checkpoint to finetune")
+    policy = example.finetune
+    device = _device(family)
+    if device == "cuda" and "device" in {o.name for o in family.describe_options()}:
+        policy += "?device=cuda"
+    rows = [
+        _time_trainer(policy, data, mode, args, example.finetune_data)
+        for mode in ("head_only", "full")
+    ]
     for row in rows:
         row["device"] = device
     return rows
 
 
-def bench_diffusion(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The tiny robomimic diffusion policy (``?device=cuda`` is not a finetune option: the
-    trainer runs on CPU), head_only (UNet) and full (encoders too)."""
-    policy = f"diffusion:{FIXTURES / 'robomimic_dp_tiny' / 'model.pth'}"
-    rows = [
-        _time_trainer(policy, data, mode, args, "libero_robomimic")
-        for mode in ("head_only", "full")
-    ]
-    for row in rows:
-        row["device"] = "cpu"
-    return rows
-
-
-BENCHES: dict[str, Callable[[Path, argparse.Namespace], list[dict[str, Any]]]] = {
-    "octo_jax": bench_octo_jax,
-    "octo_pt": bench_octo_pt,
-    "diffusion": bench_diffusion,
-}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default=",".join(BENCHES))
+    trainable = {name: f for name, f in families().items() if f.trainer is not None}
+    parser.add_argument("--families", default=",".join(trainable))
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="one JSON line per result")
@@ -119,7 +112,9 @@ def main() -> None:
         Path(tempfile.mkdtemp()) / "tiny_demo.hdf5", num_demos=4, steps=16, image_size=32
     )
     for family in args.families.split(","):
-        for row in BENCHES[family](data, args):
+        if family not in trainable:
+            raise SystemExit(f"no trainer for {family!r}; families: {', '.join(trainable)}")
+        for row in bench_family(trainable[family], data, args):
             row = {"family": family, **row}
             if args.json:
                 print(json.dumps(row))

@@ -6,7 +6,7 @@ of the returned chunk; robosuite renders both cameras on every step (warm-up inc
 observation a policy sees is the harness' standard one (upright frames, 8-d proprio, a
 history window padded at the start), so the same policy object runs here and in the harness.
 
-    python benchmarks/reference_loop.py --policy zero --tasks 0 --episodes 2 --max-steps 40
+    python benchmarks/reference_loop.py --policy NAME --tasks 0 --episodes 2 --max-steps 40
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
+from evalharness.policies.registry import NO_OP_POLICY
 
 
 def reference_eval(
@@ -112,7 +114,7 @@ def main() -> None:
     from evalharness.protocols import get_protocol
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="zero")
+    parser.add_argument("--policy", default=NO_OP_POLICY)
     parser.add_argument("--suite", default="libero_spatial")
     parser.add_argument("--tasks", default="0")
     parser.add_argument("--episodes", type=int, default=2)

@@ -1,6 +1,6 @@
 """What a remote policy costs on top of its model: encoding and round trips over localhost.
 
-Two measurements, both against the `zero` policy so that the model costs nothing:
+Two measurements, both against the no-op policy (``NO_OP_POLICY``) so that the model costs nothing:
 
 - serialization: pack + unpack of one openpi request (two 256² uint8 frames, an 8-float
   state and a prompt) and of its reply (a 10×7 chunk), in the openpi flavour of the codec;
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from evalharness.policies import load_policy
+from evalharness.policies.registry import NO_OP_POLICY
 from evalharness.policies.remote import codec
 from evalharness.serve import PolicyServer, ServeConfig
 
@@ -73,8 +74,8 @@ def _batch(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def round_trips(repeat: int) -> list[dict[str, Any]]:
     """Mean milliseconds per `act()` of a remote policy, per protocol and batch size."""
-    policy = load_policy("zero?action_horizon=10&exec_horizon=5")
-    server = PolicyServer(ServeConfig(policy="zero", port=0, max_batch=8), policy)
+    policy = load_policy(f"{NO_OP_POLICY}?action_horizon=10&exec_horizon=5")
+    server = PolicyServer(ServeConfig(policy=NO_OP_POLICY, port=0, max_batch=8), policy)
     url = f"ws://127.0.0.1:{server.start()}"
     rows = []
     try:

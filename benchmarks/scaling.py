@@ -3,14 +3,15 @@ size, and end-to-end wall time of the harness against a sequential OpenVLA-style
 
     python benchmarks/scaling.py                          # all sections, JSON + tables
     python benchmarks/scaling.py --sections steps --steps 80 --repeats 3
-    python benchmarks/scaling.py --sections e2e --policy "octo_jax:CKPT?stats=DATASET"
+    python benchmarks/scaling.py --sections e2e --policy "NAME:CKPT?options"
 
-The default policy is the tiny Octo conformance fixture `octo_tiny_lang` (a checkpoint written
-by upstream Octo), found beside the checkout the way the tests find it (`FIXTURES`).
+The default policy is the contract example of the registry's ``BENCHMARK_FAMILY`` (the tiny
+Octo conformance checkpoint written by upstream Octo), found beside the checkout the way the
+tests find it (`FIXTURES`).
 
 Sections:
 
-- `steps`: the harness with the `zero` policy (chunks of `--exec-horizon`), 1 and 2 workers,
+- `steps`: the harness with the no-op policy (chunks of `--exec-horizon`), 1 and 2 workers,
   rendering every step vs only the steps a policy query reads; "stepping" env steps/s from
   the first step to the last (all envs built), the median of `--repeats` runs. By default a
   lone worker renders with every core's llvmpipe thread (the harness' setting), which already
@@ -36,11 +37,19 @@ from typing import Any
 
 import numpy as np
 
+from evalharness.policies.registry import NO_OP_POLICY
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Relative to the repository, never to one machine: the fixtures sit beside the checkout.
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-DEFAULT_POLICY = f"octo_jax:{FIXTURES / 'octo_tiny_lang'}?stats=libero_spatial_no_noops"
+
+
+def default_policy() -> str:
+    """The contract example of the family the speed benchmarks default to."""
+    from evalharness.policies.registry import BENCHMARK_FAMILY, get_family
+
+    return str(get_family(BENCHMARK_FAMILY).load("example")(FIXTURES).policy)
 
 
 def _protocol(args: argparse.Namespace, episodes: int, steps: int, wait: int) -> Any:
@@ -88,7 +97,7 @@ def section_steps(args: argparse.Namespace) -> dict[str, Any]:
     from evalharness.policies import load_policy
 
     k = args.exec_horizon
-    policy_str = f"zero?action_horizon={k}&exec_horizon={k}"
+    policy_str = f"{NO_OP_POLICY}?action_horizon={k}&exec_horizon={k}"
     policy = load_policy(policy_str)
     protocol = _protocol(args, episodes=args.episodes, steps=args.steps, wait=0)
     rows: dict[str, Any] = {}
@@ -117,7 +126,7 @@ def section_steps(args: argparse.Namespace) -> dict[str, Any]:
         "2_vs_1_workers_render_skipping": r["2 workers, render skipping"]
         / r["1 worker, render skipping"],
     }
-    print(f"\nenv steps/s, zero policy, exec_horizon {k}, {args.episodes} episodes x "
+    print(f"\nenv steps/s, no-op policy, exec_horizon {k}, {args.episodes} episodes x "
           f"{args.steps} steps, {args.camera_size} px, median of {args.repeats}")  # fmt: skip
     print(f"{'':40}{'stepping':>10}{'end-to-end':>12}")
     for name, row in rows.items():
@@ -239,7 +248,7 @@ def main() -> None:
     parser.add_argument("--exec-horizon", type=int, default=4)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    parser.add_argument("--policy", default=None, help="default: default_policy()")
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
@@ -250,6 +259,7 @@ def main() -> None:
         "worker renders with every core. 1 compares worker counts at equal threads per worker",
     )
     args = parser.parse_args()
+    args.policy = args.policy or default_policy()
     if args.render_threads is not None:
         os.environ["LP_NUM_THREADS"] = str(args.render_threads)
     args.tasks = [int(t) for t in args.tasks.split(",")]

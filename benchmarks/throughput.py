@@ -1,4 +1,5 @@
-"""Env steps per second: raw LIBERO stepping vs the harness with the `zero` policy.
+"""Env steps per second: raw LIBERO stepping vs the harness with the no-op policy
+(``NO_OP_POLICY`` of the registry: holds still, costs nothing).
 
 Same workload for every row: one task, E episodes of S steps from official init states, no
 warm-up steps, square renders of both cameras on every step. Two rates per row:
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from evalharness.policies.registry import NO_OP_POLICY
 
 
 def raw_offscreen_env(suite: str, task_id: int, episodes: int, steps: int, size: int) -> dict:
@@ -77,7 +80,7 @@ def raw_in_fresh_process(args: argparse.Namespace, render_threads: int | None) -
 
 
 def harness(args: argparse.Namespace, workers: int) -> dict:
-    """Time `evalharness run --policy zero` on the same workload with N workers."""
+    """Time `evalharness run` with the no-op policy on the same workload with N workers."""
     from evalharness.policies import load_policy
     from evalharness.protocols import get_protocol
     from evalharness.runner import RunConfig, Runner
@@ -91,14 +94,14 @@ def harness(args: argparse.Namespace, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         config = RunConfig(
             suite=args.suite,
-            policy="zero",
+            policy=NO_OP_POLICY,
             out_dir=Path(out),
             protocol=protocol,
             task_ids=(args.task,),
             num_envs=workers,
             progress=False,
         )
-        runner = Runner(config, load_policy("zero"))
+        runner = Runner(config, load_policy(NO_OP_POLICY))
         t0 = time.perf_counter()
         runner.run()
         elapsed = time.perf_counter() - t0
@@ -127,8 +130,8 @@ def main() -> None:
     rows = {
         "raw OffScreenRenderEnv": raw_in_fresh_process(args, None),
         "raw, 1 render thread": raw_in_fresh_process(args, 1),
-        "harness zero, 1 worker": harness(args, 1),
-        "harness zero, 2 workers": harness(args, 2),
+        "harness no-op, 1 worker": harness(args, 1),
+        "harness no-op, 2 workers": harness(args, 2),
     }
     base = rows["raw OffScreenRenderEnv"]
     print(
@@ -142,7 +145,7 @@ def main() -> None:
             f"{name:26}{r['end_to_end']:11.2f}{r['end_to_end'] / base['end_to_end']:8.2f}"
             f"{r['stepping']:10.2f}{r['stepping'] / base['stepping']:8.2f}"
         )
-    one, two = rows["harness zero, 1 worker"], rows["harness zero, 2 workers"]
+    one, two = rows["harness no-op, 1 worker"], rows["harness no-op, 2 workers"]
     single = rows["raw, 1 render thread"]
     print(
         f"harness overhead at 1 worker: {100 * (1 - one['end_to_end'] / base['end_to_end']):.1f} % "

@@ -2,9 +2,9 @@
 
     import evalharness
 
-    result = evalharness.evaluate("scripted", "libero_spatial", tasks=[0], episodes_per_task=2)
+    result = evalharness.evaluate("NAME[:CHECKPOINT]", "libero_spatial", tasks=[0])
     result.summary                     # per task and suite, with 95% Wilson intervals
-    tuned = evalharness.finetune("octo_jax:ckpts/octo-small", "demos/", "ckpts/ft", steps=500)
+    tuned = evalharness.finetune("FAMILY:ckpts/pretrained", "demos/", "ckpts/ft", steps=500)
     evalharness.evaluate(tuned.policy, "libero_spatial")
 
 `evaluate`, `finetune` and `EvalResult` come from `evalharness.api` and are imported on first

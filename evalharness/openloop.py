@@ -7,8 +7,8 @@ this on its *training* demos has a bug between training and evaluation (an image
 gripper convention swapped, actions normalized one way and un-normalized another) or has not
 learned; either way evaluating it in simulation is wasted time.
 
-    evalharness doctor --policy diffusion:ckpts/dp/model.pth --data demos/ --open-loop
-    >>> report = open_loop(load_policy("diffusion:ckpts/dp/model.pth"), replay_episodes("demos/"))
+    evalharness doctor --policy FAMILY:ckpts/ft --data demos/ --open-loop
+    >>> report = open_loop(load_policy("FAMILY:ckpts/ft"), replay_episodes("demos/"))
     >>> print(report.format())
 
 How a demo is replayed. Observations are rebuilt as the environment hands them to a policy

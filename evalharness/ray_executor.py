@@ -14,9 +14,8 @@ loses its worker is recorded as `worker_died`, as in the local executor. A simul
 inside an actor is recorded as `sim_unstable`.
 
 Outcomes equal the local executor's for the same seed whenever the policy's actions depend
-only on each episode's observations and `episode_seed` (true of the built-ins and the torch
-families); a policy drawing from one RNG stream per call (octo_jax) depends on batch
-composition under any executor.
+only on each episode's observations and `episode_seed`, which the policy contract asks of every
+family (per-episode streams in `policies.base.EpisodeStreams`).
 
 Ray is imported only when this executor is used (`pip install 'evalharness[ray]'`).
 """

@@ -1,7 +1,8 @@
 """Policies behind one `act()` contract (imported as evalharness.policies).
 
 >>> from evalharness.policies import load_policy
->>> load_policy("random?action_horizon=4&exec_horizon=2").spec.exec_horizon
+>>> from evalharness.policies.registry import NO_OP_POLICY
+>>> load_policy(f"{NO_OP_POLICY}?action_horizon=4&exec_horizon=2").spec.exec_horizon
 2
 """
 

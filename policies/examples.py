@@ -105,6 +105,11 @@ class PolicyExample:
     """``non_strict(tmp_dir)`` writes a checkpoint whose weights do not all fit its config and
     returns the policy string that loads it with ``strict=false``; None for families that
     load no weights."""
+    finetune: str | None = None
+    """the ``FAMILY:CHECKPOINT`` a finetune of this example starts from (no act-time options),
+    for ``benchmarks/finetune_throughput.py``; None for families without a trainer."""
+    finetune_data: str = "libero"
+    """the dataset-spec preset that finetune reads demonstrations with."""
     cheap_network: Callable[[Policy], contextlib.AbstractContextManager[Any]] = field(
         default=_unchanged
     )

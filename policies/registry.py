@@ -40,7 +40,10 @@ from evalharness.policies.common.normalization import evaluation_suite
 from evalharness.policies.common.options import OptionInfo, describe_options
 
 __all__ = [
+    "BENCHMARK_FAMILY",
     "ENTRY_POINT_GROUP",
+    "EXPERT_POLICY",
+    "NO_OP_POLICY",
     "PolicyFactory",
     "PolicyFamily",
     "PolicyRef",
@@ -61,6 +64,13 @@ PolicyFactory = Callable[..., Policy]
 
 #: the entry-point group through which installed packages add policy families.
 ENTRY_POINT_GROUP = "evalharness.policies"
+#: the policy that holds still and costs nothing: what benchmarks of the env and the harness
+#: run, so that no model's cost gets in the way.
+NO_OP_POLICY = "zero"
+#: the demonstrator: what ``record`` and the tests' tiny demonstration files use by default.
+EXPERT_POLICY = "scripted"
+#: the family whose contract example the speed benchmarks time by default (a jitted model).
+BENCHMARK_FAMILY = "octo_jax"
 
 
 class PolicyStringError(EvalharnessError, ValueError):

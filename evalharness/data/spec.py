@@ -329,7 +329,7 @@ LIBERO_RLDS = DatasetSpec(
 )
 
 #: LIBERO's HDF5 as LIBERO's own robomimic configs read it: ``joint_states`` + ``gripper_states``
-#: as low-dim observations, frames kept as stored (raw), LIBERO's gripper. The ``diffusion``
+#: as low-dim observations, frames kept as stored (raw), LIBERO's gripper. The robomimic UNet
 #: trainer routes these to a robomimic checkpoint's keys of the same names.
 LIBERO_ROBOMIMIC = dataclasses.replace(
     LIBERO,

@@ -1,7 +1,7 @@
 """Pinned Hugging Face hub references: ``hf://org/name@REV/path``, resolved to a commit.
 
 A checkpoint or dataset may be given as a hub reference wherever a local path is taken
-(``octo_jax:hf://…``, ``octo_pt:hf://…``, ``diffusion:hf://…/model.pth``,
+(``NAME:hf://…``, ``NAME:hf://…/model.pth``,
 ``finetune --data hf://datasets/…``). The grammar is that of ``huggingface_hub``'s
 ``HfFileSystem`` paths::
 
@@ -9,7 +9,7 @@ A checkpoint or dataset may be given as a hub reference wherever a local path is
 
 ``REVISION`` is a commit sha (pinned: the same bytes forever), a tag or a branch (default
 ``main``); a revision holding ``/`` (``refs/pr/1``) is written %-encoded (``refs%2Fpr%2F1``).
-``PATH`` selects a file or folder inside the repository (a diffusion ``.pth``); the
+``PATH`` selects a file or folder inside the repository (a ``.pth`` file); the
 repository's ``*.json`` files come with it (``dataset_spec.json`` beside a finetuned
 checkpoint). Without ``datasets/`` a reference names a model repository, except where a
 dataset is expected (``finetune --data``).

@@ -67,7 +67,7 @@ def option_bool(
 ) -> bool:
     """A true/false option (1/0, true/false, yes/no, on/off), or ``default`` when absent.
 
-    ``owner`` names who reads it (``policy 'diffusion'``); ``error`` is raised otherwise.
+    ``owner`` names who reads it (``policy 'NAME'``); ``error`` is raised otherwise.
     """
     if key not in options:
         return default

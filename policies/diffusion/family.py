@@ -51,6 +51,9 @@ def example(fixtures: Path) -> PolicyExample:
         model="robomimic_dp_tiny (written by robomimic)",
         files=(checkpoint,),
         non_strict=non_strict,
+        finetune=f"{NAME}:{checkpoint}",
+        # robomimic's keys (joint_states, gripper_states), raw frames, LIBERO's gripper
+        finetune_data="libero_robomimic",
         cheap_network=cheap_network,
     )
 

@@ -76,6 +76,7 @@ def octo_example(family: str, fixtures: Path, options: str = "") -> PolicyExampl
         files=(checkpoint / "config.json", tokenizer / "tokenizer.json"),
         observations=functools.partial(standard_observations, camera_sizes=EXAMPLE_CAMERAS),
         non_strict=non_strict,
+        finetune=f"{family}:{checkpoint}",
     )
 
 

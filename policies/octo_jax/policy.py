@@ -3,7 +3,7 @@
     evalharness run --suite libero_spatial --policy "octo_jax:hf://rail-berkeley/octo-small-1.5?stats=bridge_dataset"
     evalharness run --suite libero_spatial --policy "octo_jax:/ckpts/octo_libero?step=50000"
 
-Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared with ``octo_pt``;
+Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared by both Octo families;
 ``evalharness policies`` lists them).
 
 Per call: images resized to the checkpoint's sizes, instructions tokenized and T5-encoded

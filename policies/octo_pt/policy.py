@@ -14,7 +14,7 @@ generator per episode (seeded by ``episode_seed`` and ``seed``, kept in the poli
 for padding rows), drawn on the CPU, so an episode's actions do not depend on the device or on
 what else shares its batch.
 
-Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared with ``octo_jax``;
+Options: :class:`~evalharness.policies.octo.options.OctoOptions` (shared by both Octo families;
 ``evalharness policies`` lists them).
 """
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from evalharness.policies.examples import PolicyExample
-from evalharness.policies.registry import PolicyFamily
+from evalharness.policies.registry import NO_OP_POLICY, PolicyFamily
 from evalharness.policies.remote.policy import RemoteOptions
 
 #: what the example server serves: chunked, no model to load. Deterministic, because the
 #: episode streams of a stochastic policy live in the server's process, not in the client
 #: (tests/test_serve.py checks a served Octo's sampling against the in-process one).
-SERVED = "zero?action_horizon=4&exec_horizon=2"
+SERVED = f"{NO_OP_POLICY}?action_horizon=4&exec_horizon=2"
 _PORT: list[int] = []
 
 
 def example(fixtures: Path) -> PolicyExample:
-    """``zero`` served by an in-process `evalharness serve` on a free port (started once,
+    """The no-op policy served by an in-process `evalharness serve` on a free port (started once,
     on a daemon thread), reached through ``remote:``."""
     if not _PORT:
         from evalharness.policies.registry import load_policy
@@ -24,7 +24,9 @@ def example(fixtures: Path) -> PolicyExample:
 
         server = PolicyServer(ServeConfig(policy=SERVED, port=0), load_policy(SERVED))
         _PORT.append(server.start())
-    return PolicyExample(f"remote:ws://127.0.0.1:{_PORT[0]}", model="zero via evalharness serve")
+    return PolicyExample(
+        f"remote:ws://127.0.0.1:{_PORT[0]}", model="no-op policy via evalharness serve"
+    )
 
 
 FAMILIES = (
