@@ -2,11 +2,11 @@
 
     import evalharness
 
-    result = evalharness.evaluate("scripted", "libero_spatial", tasks=[0], episodes_per_task=2)
-    result.success_rate   # 1.0
+    result = evalharness.evaluate("NAME[:CHECKPOINT]", "libero_spatial", tasks=[0])
+    result.success_rate   # e.g. 0.8
     result.summary        # the table `evalharness run` prints, as a pandas DataFrame
     result.episodes       # episodes.csv, one row per episode
-    result.run_dir        # results/libero_spatial-scripted-<time>/
+    result.run_dir        # results/libero_spatial-NAME-<time>/
 
 `evaluate` is `evalharness run` (the command line calls it): the same run directory
 (episodes.csv, summary.csv, run.json), the same resume check, the same table. It also takes a
@@ -78,8 +78,8 @@ def policy_with_options(policy: str, options: Mapping[str, str]) -> str:
     Without options the string is returned unchanged, so what a run records stays what the
     user typed.
 
-    >>> policy_with_options("octo_jax:/ckpt?stats=bridge", {"device": "cuda:0"})
-    'octo_jax:/ckpt?stats=bridge&device=cuda:0'
+    >>> policy_with_options("NAME:/ckpt?stats=bridge", {"device": "cuda:0"})
+    'NAME:/ckpt?stats=bridge&device=cuda:0'
     """
     if not options:
         return policy
@@ -204,8 +204,8 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``policy`` on a LIBERO ``suite``; what `evalharness run` does, as one call.
 
-    ``policy`` is a policy string (``"octo_jax:hf://rail-berkeley/octo-small-1.5@<sha>"``,
-    ``"scripted"``, ``"diffusion:/ckpt/model.pth?device=cuda"``) or a `Policy` object, e.g. the
+    ``policy`` is a policy string (``"NAME"``, ``"NAME:/ckpt/dir?device=cuda"``,
+    ``"NAME:hf://org/model@<sha>"``; `evalharness policies` lists them) or a `Policy` object, e.g. the
     model a training loop is finetuning (run.json then records ``policy_string``, by default
     the spec's name and the object's ``checkpoint``; the identity cannot see weights held in
     memory). ``options`` are the policy string's ``?key=value`` options (they override those in

@@ -40,6 +40,7 @@ import numpy as np
 from evalharness.envs.libero import LiberoEnv, TaskInfo, UnknownTaskError, get_task, list_tasks
 from evalharness.envs.rotations import quat2axisangle
 from evalharness.policies.base import Policy
+from evalharness.policies.registry import EXPERT_POLICY
 from evalharness.protocols import Protocol, get_protocol
 from evalharness.scheduling import ActiveEpisode, policy_seed, query_policy
 from evalharness.worker import Episode
@@ -343,13 +344,13 @@ def record_demos(
     task_ids: Sequence[int],
     out_dir: str | Path,
     *,
-    policy: str = "scripted",
+    policy: str = EXPERT_POLICY,
     episodes_per_task: int = 1,
     camera_size: int = 32,
     only_success: bool = True,
     protocol: str = "openvla",
 ) -> list[Path]:
-    """Small LIBERO-format demo files for tests and examples (scripted expert, tiny frames).
+    """Small LIBERO-format demo files for tests and examples (the expert, tiny frames).
 
     E.g. `record_demos("libero_object", [1], tmp_path)` writes one successful ~100-step demo
     of "pick up the cream cheese and place it in the basket" at 32 px.
