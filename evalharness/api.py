@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from evalharness import tracking
+from evalharness import logs, tracking
+from evalharness import progress as progress_view
 from evalharness.errors import UsageError
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from evalharness.finetune import FinetuneConfig, FinetuneResult
     from evalharness.policies.base import Policy
     from evalharness.protocols import Protocol
-    from evalharness.runner import RunConfig
+    from evalharness.run_config import RunConfig
 
 __all__ = [
     "DEFAULT_RESULTS",
@@ -141,7 +143,7 @@ class EvalResult:
 
 
 def _task_ids(tasks: Sequence[int] | int | str | None) -> tuple[int, ...] | None:
-    from evalharness.runner import parse_task_ids
+    from evalharness.run_config import parse_task_ids
 
     if tasks is None:
         return None
@@ -201,6 +203,7 @@ def evaluate(
     ray_gpus_per_worker: float = 0.0,
     wandb: str | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
+    progress_every: int = progress_view.EPISODE_EVERY,
 ) -> EvalResult:
     """Evaluate ``policy`` on a LIBERO ``suite``; what `evalharness run` does, as one call.
 
@@ -215,7 +218,9 @@ def evaluate(
 
     ``out`` is the run directory (default: a new ``results/<suite>-<policy>-<time>``); with
     ``resume`` an interrupted run there is finished, refused if anything that changes outcomes
-    differs. ``num_envs`` worker processes (default: one per core) step in lockstep;
+    differs. ``progress`` shows a bar on a terminal, tqdm's widget in a notebook, and
+    elsewhere (a batch job's log) a line through `logging` every ``progress_every`` episodes or
+    60 s (`evalharness.progress`). ``num_envs`` worker processes (default: one per core) step in lockstep;
     ``video`` saves mp4s of the first N episodes of each task. ``executor="ray"`` runs the
     envs on Ray actors (``ray_*`` as ``evalharness run --ray-*``). ``wandb`` (a W&B project)
     and ``tensorboard`` (a log directory) log each finished episode, the final tables and the
@@ -231,8 +236,13 @@ def evaluate(
     from evalharness.policies.registry import load_policy
     from evalharness.protocols import Protocol, get_protocol
     from evalharness.results import read_episodes
-    from evalharness.runner import RunConfig, Runner
+    from evalharness.run_config import RunConfig
+    from evalharness.runner import Runner
 
+    if progress_every < 1:
+        raise UsageError(f"progress_every={progress_every}: must be >= 1 (episodes per line)")
+    logs.ensure_handler()  # messages and progress lines show unless logging is set up
+    display = progress_view.mode(progress)
     if executor not in ("local", "ray"):
         raise UsageError(f"executor={executor!r}: expected 'local' or 'ray'")
     base = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
@@ -269,7 +279,7 @@ def evaluate(
         resume=resume,
         exec_horizon=exec_horizon,
         temporal_ensemble_weight=temporal_ensemble,
-        progress=progress,
+        progress=display == "bar",  # the runner's own tqdm line; the others follow the CSV
         episode_timeout=episode_timeout,
     )
     config.tasks()  # validates task ids before a checkpoint loads or a process starts
@@ -300,7 +310,12 @@ def evaluate(
         directory=run_dir,
         job_type="eval",
     ) as tracker:
-        with tracking.follow_episodes(tracker, run_dir / "episodes.csv", total):
+        with (
+            tracking.follow_episodes(tracker, run_dir / "episodes.csv", total),
+            progress_view.follow_episodes(
+                run_dir / "episodes.csv", total, display, every=progress_every
+            ),
+        ):
             summary = runner.run()
         info = json.loads((run_dir / "run.json").read_text())
         episodes = read_episodes(run_dir / "episodes.csv")
@@ -399,11 +414,14 @@ def run_finetune(
     wandb: str | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
 ) -> FinetuneResult:
-    """`evalharness.finetune.finetune` with the trackers asked for following its train log
-    (what `finetune` and the command line call)."""
+    """`evalharness.finetune.finetune` with the trackers asked for following its train log,
+    and progress shown as `evaluate` shows it (what `finetune` and the command line call)."""
     from evalharness.finetune import FINETUNE_JSON, TRAIN_LOG
     from evalharness.finetune import finetune as finetune_loop
 
+    logs.ensure_handler()
+    display = progress_view.mode(config.progress)
+    config = dataclasses.replace(config, progress=display == "bar")
     out_dir = Path(config.out_dir)
     with tracking.open_trackers(
         wandb_project=wandb,
@@ -413,7 +431,10 @@ def run_finetune(
         directory=out_dir,
         job_type="finetune",
     ) as tracker:
-        with tracking.follow_train_log(tracker, out_dir / TRAIN_LOG):
+        with (
+            tracking.follow_train_log(tracker, out_dir / TRAIN_LOG),
+            progress_view.follow_train_log(out_dir / TRAIN_LOG, config.options.steps, display),
+        ):
             result = finetune_loop(config)
         if (out_dir / FINETUNE_JSON).is_file():
             tracker.update_config(json.loads((out_dir / FINETUNE_JSON).read_text()))

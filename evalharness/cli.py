@@ -103,7 +103,16 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="save mp4s of the first N episodes per task",
     )
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (terminal) or lines (logs)"
+    )
+    p.add_argument(
+        "--progress-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="without a terminal, a progress line every N episodes or 60 s (default: %(default)s)",
+    )
     p.add_argument(
         "--episode-timeout",
         type=float,
@@ -187,7 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         temporal_ensemble=args.temporal_ensemble,
         video=args.video,
         resume=args.resume,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,
+        progress_every=args.progress_every,
         episode_timeout=args.episode_timeout,
         executor=args.executor,
         ray_address=args.ray_address,
@@ -475,7 +485,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         options=options,
         save_every=args.save_every,
         resume=args.resume,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
 
 

@@ -70,6 +70,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 import time
@@ -98,6 +99,8 @@ __all__ = [
     "known_trainers",
     "register_trainer",
 ]
+
+logger = logging.getLogger(__name__)
 
 TRAIN_LOG = "train_log.csv"
 TRAIN_LOG_COLUMNS = ("step", "loss", "learning_rate", "grad_norm", "time_s")
@@ -358,7 +361,7 @@ def build_trainer(config: FinetuneConfig) -> tuple[Trainer, Dataset]:
 
 def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Run a finetune (or finish one with ``resume``); see the module docstring."""
-    say = log or (lambda text: print(text, file=sys.stderr))
+    say = log or logger.info
     out = Path(config.out_dir)
     log_path = out / TRAIN_LOG
     if not config.resume and (log_path.exists() or (out / STATE_DIR).exists()):

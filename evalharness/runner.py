@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import signal
 import sys
@@ -52,6 +53,8 @@ from evalharness.run_dir import (
 from evalharness.scheduling import PolicyError, act_batch, policy_seed, schedule
 from evalharness.versions import git_revision, host_info, package_versions, simulator_warnings
 from evalharness.worker import Episode
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PolicyError",
@@ -151,10 +154,10 @@ class Runner:
                 "only); these results are not an evaluation"
             )
         for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
+            logger.warning(w)
         if self.env_config.render_images or self.config.video_episodes:
             render_backend = render_check.probe(self.config.protocol.camera_size)
-            print(render_check.describe(render_backend), file=sys.stderr)
+            logger.info(render_check.describe(render_backend))
         else:
             render_backend = {"skipped": "the policy reads no camera images"}
 
@@ -270,9 +273,8 @@ class Runner:
                 "action": action,
             }
         )
-        print(
-            f"warning: task {e.task_id} episode {e.episode_index}: {reason}: {detail}; {action}",
-            file=sys.stderr,
+        logger.warning(
+            "task %s episode %s: %s: %s; %s", e.task_id, e.episode_index, reason, detail, action
         )
 
     def _write_run_json(self, status: str, **extra: Any) -> None:

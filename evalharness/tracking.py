@@ -325,7 +325,8 @@ def open_trackers(
 
 
 class CsvFollower:
-    """Calls ``on_row(dict)`` for each complete row appended to a CSV file, from a thread.
+    """Calls ``on_row(dict)`` for each complete row appended to a CSV file, from a thread
+    (and ``on_poll()`` after each look, about every `POLL_SECONDS`).
 
     Rows already in the file when following starts go to ``on_existing`` instead (a resumed
     run's earlier episodes were logged by the run that recorded them); only whole lines
@@ -337,10 +338,12 @@ class CsvFollower:
         path: Path,
         on_row: Callable[[dict[str, str]], None],
         on_existing: Callable[[dict[str, str]], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.on_row = on_row
         self.on_existing = on_existing
+        self.on_poll = on_poll
         self.header: list[str] | None = None
         self.offset = 0
         self._stop = threading.Event()
@@ -370,10 +373,15 @@ class CsvFollower:
     def _run(self) -> None:
         while not self._stop.wait(POLL_SECONDS) and self.error is None:
             self._deliver()
+            if self.on_poll is not None and self.error is None:
+                self._guarded(self.on_poll)
 
     def _deliver(self) -> None:
+        self._guarded(lambda: self._read(deliver=True))
+
+    def _guarded(self, call: Callable[[], None]) -> None:
         try:
-            self._read(deliver=True)
+            call()
         except Exception as exc:  # a tracker's failure must not stop the evaluation
             self.error = exc
 
