@@ -554,6 +554,12 @@ def _add_record_parser(sub: argparse._SubParsersAction) -> None:
         "--camera-size", type=int, default=128, help="frame size in pixels (LIBERO's: 128)"
     )
     r.add_argument("--only-success", action="store_true", help="keep successful episodes only")
+    r.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="worker processes recording episodes in parallel (the files do not depend on it)",
+    )
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -572,6 +578,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         task_ids=parse_task_ids(args.tasks) if args.tasks else None,
         camera_size=args.camera_size,
         only_success=args.only_success,
+        num_envs=args.num_envs,
     )
     config.tasks()  # validates task ids before building anything
     record(config)

@@ -188,29 +188,52 @@ def _env_kwargs(env: LiberoEnv) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class TaskFile:
+    """What a task's demo file says about the task and its env, read from a built env (in a
+    worker process when recording in parallel: the file writer needs no env of its own)."""
+
+    env_name: str
+    problem_info: dict[str, Any]
+    env_args: dict[str, Any]
+    bddl_file: str
+    model_xml: str
+
+    @classmethod
+    def of(cls, env: LiberoEnv) -> TaskFile:
+        """Read from a built `LiberoEnv`."""
+        robosuite_env = env._env.env
+        problem_name = str(robosuite_env.parsed_problem["problem_name"])
+        env_name = type(robosuite_env).__name__
+        return cls(
+            env_name=env_name,
+            problem_info={
+                "domain_name": str(robosuite_env.parsed_problem.get("domain_name", "robosuite")),
+                "problem_name": problem_name,
+                "language_instruction": env.task.instruction,
+            },
+            env_args={
+                "type": 1,
+                "env_name": env_name,
+                "problem_name": problem_name,
+                "bddl_file": env.task.bddl_file,
+                "env_kwargs": _env_kwargs(env),
+            },
+            bddl_file=env.task.bddl_file,
+            model_xml=robosuite_env.sim.model.get_xml(),
+        )
+
+
 def write_demos(
-    path: Path, env: LiberoEnv, demos: Sequence[Demo], provenance: dict[str, Any]
+    path: Path, env: LiberoEnv | TaskFile, demos: Sequence[Demo], provenance: dict[str, Any]
 ) -> Path:
     """Write `demos` of one task to `path` in LIBERO's HDF5 layout (see module docstring)."""
     import h5py
     import robosuite.macros as macros
 
-    robosuite_env = env._env.env
-    problem_name = str(robosuite_env.parsed_problem["problem_name"])
-    problem_info = {
-        "domain_name": str(robosuite_env.parsed_problem.get("domain_name", "robosuite")),
-        "problem_name": problem_name,
-        "language_instruction": env.task.instruction,
-    }
-    env_name = type(robosuite_env).__name__
-    env_args = {
-        "type": 1,
-        "env_name": env_name,
-        "problem_name": problem_name,
-        "bddl_file": env.task.bddl_file,
-        "env_kwargs": _env_kwargs(env),
-    }
-    model_xml = robosuite_env.sim.model.get_xml()
+    info = env if isinstance(env, TaskFile) else TaskFile.of(env)
+    env_name, env_args, model_xml = info.env_name, info.env_args, info.model_xml
+    problem_info = info.problem_info
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".hdf5.tmp")
     with h5py.File(tmp, "w") as f:
@@ -218,8 +241,8 @@ def write_demos(
         grp.attrs["env_name"] = env_name
         grp.attrs["problem_info"] = json.dumps(problem_info)
         grp.attrs["macros_image_convention"] = macros.IMAGE_CONVENTION
-        grp.attrs["bddl_file_name"] = env.task.bddl_file
-        grp.attrs["bddl_file_content"] = Path(env.task.bddl_file).read_text()
+        grp.attrs["bddl_file_name"] = info.bddl_file
+        grp.attrs["bddl_file_content"] = Path(info.bddl_file).read_text()
         grp.attrs["env_args"] = json.dumps(env_args)
         grp.attrs["tag"] = LIBERO_TAG
         for key, value in provenance.items():
@@ -270,6 +293,15 @@ class RecordConfig:
     task_ids: tuple[int, ...] | None = None
     camera_size: int = DEFAULT_CAMERA_SIZE
     only_success: bool = False
+    #: Worker processes recording episodes side by side (`record --num-envs`); the files are
+    #: the same for any number, since each episode depends only on its init state and seeds.
+    num_envs: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int):
+            raise ValueError(f"num_envs must be an int >= 1, got {self.num_envs!r}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
 
     def tasks(self) -> list[TaskInfo]:
         if self.task_ids is None:
@@ -277,21 +309,13 @@ class RecordConfig:
         return [get_task(self.suite, t) for t in self.task_ids]
 
 
-def record(config: RecordConfig, policy: Policy | None = None, progress: bool = True) -> list[Path]:
-    """Roll `config.policy` out on each task and write one `<task_name>_demo.hdf5` per task.
+class _TaskEnv:
+    """One task's env stack for recording: the bare env, its recorder, the policy's wrappers."""
 
-    Episode i starts from official init state i % 50 with seed `protocol.seed + i`, after the
-    protocol's warm-up steps, as in `evalharness run`. With `only_success`, failed episodes
-    are left out (a task may then get fewer demos, or none: its file is still written).
-    """
-    from evalharness.policies import load_policy
-
-    if policy is None:
-        policy = load_policy(config.policy, suite=config.suite)
-    p = config.protocol
-    paths = []
-    for task in config.tasks():
-        base = LiberoEnv(
+    def __init__(self, config: RecordConfig, task: TaskInfo, policy: Policy) -> None:
+        p = config.protocol
+        self.task = task
+        self.base = LiberoEnv(
             config.suite,
             task.task_id,
             camera_size=config.camera_size,
@@ -301,41 +325,181 @@ def record(config: RecordConfig, policy: Policy | None = None, progress: bool = 
             render_images=True,
             privileged=policy.spec.privileged,
         )
+        self.recorder = DemoRecorder(self.base)
+        self.env = _wrap_for_policy(self.recorder, policy)
+
+    def episode(self, config: RecordConfig, policy: Policy, i: int) -> Demo:
+        """Episode ``i`` of the task: init state i % num_init_states, seed protocol.seed + i."""
+        p = config.protocol
+        return rollout(
+            self.env,
+            self.recorder,
+            policy,
+            init_state_index=i % self.task.num_init_states,
+            seed=p.seed + i,
+            policy_seed=policy_seed(p.seed, self.task.task_id, i),
+        )
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def record(config: RecordConfig, policy: Policy | None = None, progress: bool = True) -> list[Path]:
+    """Roll `config.policy` out on each task and write one `<task_name>_demo.hdf5` per task.
+
+    Episode i starts from official init state i % 50 with seed `protocol.seed + i`, after the
+    protocol's warm-up steps, as in `evalharness run`. With `only_success`, failed episodes
+    are left out (a task may then get fewer demos, or none: its file is still written).
+    With ``config.num_envs > 1`` the episodes run in that many spawned worker processes, each
+    loading the policy from ``config.policy`` (``policy`` must then be None); the files written
+    are the same as one process writes.
+    """
+    from evalharness.policies import load_policy
+
+    if config.num_envs > 1:
+        if policy is not None:
+            raise ValueError(
+                "record(num_envs > 1) loads the policy in each worker from config.policy; "
+                "pass policy=None"
+            )
+        return _record_parallel(config, progress)
+    if policy is None:
+        policy = load_policy(config.policy, suite=config.suite)
+    paths = []
+    for task in config.tasks():
+        stack = _TaskEnv(config, task, policy)
         try:
-            recorder = DemoRecorder(base)
-            env = _wrap_for_policy(recorder, policy)
             demos = []
-            for i in range(p.episodes_per_task):
+            for i in range(config.protocol.episodes_per_task):
                 t0 = time.monotonic()
-                demo = rollout(
-                    env,
-                    recorder,
-                    policy,
-                    init_state_index=i % task.num_init_states,
-                    seed=p.seed + i,
-                    policy_seed=policy_seed(p.seed, task.task_id, i),
-                )
+                demo = stack.episode(config, policy, i)
                 if progress:
-                    outcome = "success" if demo.success else "failure"
-                    print(
-                        f"{config.suite} task {task.task_id} episode {i}: {outcome} in "
-                        f"{len(demo)} steps ({time.monotonic() - t0:.1f} s)",
-                        flush=True,
-                    )
-                if demo.success or not config.only_success:
-                    demos.append(demo)
-            provenance = {
-                "policy": config.policy,
-                "protocol": json.dumps(p.to_dict(), default=str),
-                "only_success": config.only_success,
-            }
-            path = Path(config.out_dir) / f"{task.name}_demo.hdf5"
-            paths.append(write_demos(path, base, demos, provenance))
-            if progress:
-                kept = sum(d.success for d in demos)
-                print(f"wrote {path} ({len(demos)} demos, {kept} successful)", flush=True)
+                    _say_episode(config, task, i, demo, time.monotonic() - t0)
+                demos.append(demo)
+            paths.append(_write_task(config, task, TaskFile.of(stack.base), demos, progress))
         finally:
-            base.close()
+            stack.close()
+    return paths
+
+
+def _say_episode(config: RecordConfig, task: TaskInfo, i: int, demo: Demo, seconds: float) -> None:
+    outcome = "success" if demo.success else "failure"
+    print(
+        f"{config.suite} task {task.task_id} episode {i}: {outcome} in {len(demo)} steps "
+        f"({seconds:.1f} s)",
+        flush=True,
+    )
+
+
+def _write_task(
+    config: RecordConfig, task: TaskInfo, info: TaskFile, demos: Sequence[Demo], progress: bool
+) -> Path:
+    kept = [d for d in demos if d.success or not config.only_success]
+    provenance = {
+        "policy": config.policy,
+        "protocol": json.dumps(config.protocol.to_dict(), default=str),
+        "only_success": config.only_success,
+    }
+    path = write_demos(Path(config.out_dir) / f"{task.name}_demo.hdf5", info, kept, provenance)
+    if progress:
+        successes = sum(d.success for d in kept)
+        print(f"wrote {path} ({len(kept)} demos, {successes} successful)", flush=True)
+    return path
+
+
+# -- parallel recording: one policy and one env stack per worker process ----------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _to_worker(config: RecordConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config as plain values: a Protocol's read-only step limits do not pickle."""
+    import dataclasses
+
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    protocol = fields.pop("protocol")
+    steps = {f.name: getattr(protocol, f.name) for f in dataclasses.fields(protocol)}
+    steps["max_steps"] = dict(steps["max_steps"])
+    return fields, steps
+
+
+def _worker_init(
+    fields: dict[str, Any],
+    protocol: dict[str, Any],
+    render_threads: int,
+    egl_devices: list[int | None],
+) -> None:
+    """Spawned worker: cap Mesa's threads (as the runner's workers do), load the policy."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    from evalharness.policies import load_policy
+
+    os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
+    identity = mp.current_process()._identity
+    slot = (identity[0] - 1) if identity else 0
+    device = egl_devices[slot % len(egl_devices)]
+    if device is not None:
+        os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", str(device))
+    # Ctrl-C reaches the whole process group; the parent decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = RecordConfig(**fields, protocol=Protocol(**protocol))
+    _WORKER["config"] = config
+    _WORKER["policy"] = load_policy(config.policy, suite=config.suite)
+    _WORKER["stack"] = None
+
+
+def _worker_episode(task_id: int, i: int) -> tuple[Demo, TaskFile, float]:
+    """Record episode ``i`` of task ``task_id`` in this worker (its env kept for the next)."""
+    config: RecordConfig = _WORKER["config"]
+    policy: Policy = _WORKER["policy"]
+    stack: _TaskEnv | None = _WORKER["stack"]
+    if stack is None or stack.task.task_id != task_id:
+        if stack is not None:
+            stack.close()
+        stack = _WORKER["stack"] = _TaskEnv(config, get_task(config.suite, task_id), policy)
+    t0 = time.monotonic()
+    demo = stack.episode(config, policy, i)
+    return demo, TaskFile.of(stack.base), time.monotonic() - t0
+
+
+def _record_parallel(config: RecordConfig, progress: bool) -> list[Path]:
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from evalharness import render_check
+
+    n = config.num_envs
+    tasks = config.tasks()
+    episodes = config.protocol.episodes_per_task
+    # Spawned, not forked: an EGL context made before a fork is invalid in the child.
+    with ProcessPoolExecutor(
+        max_workers=n,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(
+            *_to_worker(config),
+            max(1, (os.cpu_count() or 1) // n),
+            [render_check.egl_device_for(slot) for slot in range(n)],
+        ),
+    ) as pool:
+        futures = {
+            task.task_id: [pool.submit(_worker_episode, task.task_id, i) for i in range(episodes)]
+            for task in tasks
+        }
+        paths = []
+        for task in tasks:
+            demos, info = [], None
+            for i, future in enumerate(futures[task.task_id]):
+                demo, info, seconds = future.result()
+                if progress:
+                    _say_episode(config, task, i, demo, seconds)
+                demos.append(demo)
+            if info is None:
+                raise ValueError(f"episodes_per_task is {episodes}; nothing to record")
+            paths.append(_write_task(config, task, info, demos, progress))
     return paths
 
 
@@ -349,6 +513,8 @@ def record_demos(
     camera_size: int = 32,
     only_success: bool = True,
     protocol: str = "openvla",
+    max_steps: int | None = None,
+    num_envs: int = 1,
 ) -> list[Path]:
     """Small LIBERO-format demo files for tests and examples (the expert, tiny frames).
 
@@ -359,10 +525,13 @@ def record_demos(
         suite=suite,
         policy=policy,
         out_dir=Path(out_dir),
-        protocol=get_protocol(protocol).with_overrides(episodes_per_task=episodes_per_task),
+        protocol=get_protocol(protocol).with_overrides(
+            episodes_per_task=episodes_per_task, max_steps=max_steps
+        ),
         task_ids=tuple(task_ids),
         camera_size=camera_size,
         only_success=only_success,
+        num_envs=num_envs,
     )
     return record(config, progress=False)
 
@@ -421,6 +590,7 @@ def _task_for_bddl(bddl: str, suite: str | None) -> TaskInfo:
 __all__ = [
     "DemoRecorder",
     "RecordConfig",
+    "TaskFile",
     "record",
     "record_demos",
     "replay_demo",

@@ -173,3 +173,47 @@ def test_replaying_a_successful_demo_from_its_first_state_succeeds(demo_file):
     from evalharness.record import replay_demo
 
     assert replay_demo(demo_file) is True
+
+
+def _contents(path: Path) -> dict:
+    """Every array and attribute of an HDF5 file, by path."""
+    import h5py
+
+    out: dict = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, node) -> None:
+            out[name] = np.asarray(node[()]) if isinstance(node, h5py.Dataset) else None
+            for key, value in node.attrs.items():
+                out[f"{name}@{key}"] = np.asarray(value)
+
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_two_workers_write_the_same_files_as_one(tmp_path):
+    from evalharness.record import record_demos
+
+    kwargs = dict(episodes_per_task=2, camera_size=SIZE, only_success=False, max_steps=12)
+    one = record_demos(SUITE, [0, TASK], tmp_path / "one", **kwargs)
+    two = record_demos(SUITE, [0, TASK], tmp_path / "two", num_envs=2, **kwargs)
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two, strict=True):
+        got, want = _contents(b), _contents(a)
+        assert sorted(got) == sorted(want)
+        assert "data/demo_1/actions" in got
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{a.name} {key}")
+
+
+def test_record_num_envs_reaches_the_config_and_is_checked():
+    from evalharness.record import RecordConfig
+
+    args = build_parser().parse_args(
+        ["record", "--suite", SUITE, "--policy", "scripted", "--out", "x", "--num-envs", "3"]
+    )
+    assert args.num_envs == 3
+    with pytest.raises(ValueError, match="num_envs must be >= 1, got 0"):
+        RecordConfig(suite=SUITE, policy="scripted", out_dir=Path("x"), num_envs=0)
