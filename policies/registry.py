@@ -57,6 +57,7 @@ __all__ = [
     "parse_policy_string",
     "register_family",
     "register_policy",
+    "reload_families",
     "unregister_family",
 ]
 
@@ -246,6 +247,15 @@ def register_family(family: PolicyFamily) -> PolicyFamily:
         raise ValueError(f"policy name {family.name!r} is already registered")
     _FAMILIES[family.name] = family
     return family
+
+
+def reload_families() -> dict[str, PolicyFamily]:
+    """Find the family folders and entry points again (after installing a plugin in a running
+    notebook); families added with :func:`register_family` are forgotten."""
+    global _DISCOVERED
+    _FAMILIES.clear()
+    _DISCOVERED = False
+    return families()
 
 
 def unregister_family(name: str) -> None:
