@@ -284,7 +284,9 @@ def evaluate(
     )
     config.tasks()  # validates task ids before a checkpoint loads or a process starts
     if loaded is None:
-        loaded = load_policy(text, suite=suite)
+        # Statistics named after the suite: its base suite's for a perturbation suite, none
+        # to pick when the run's suites have different bases (the checkpoint must say).
+        loaded = load_policy(text, suite=config.statistics_suite)
     if executor == "ray":
         from evalharness.ray_executor import RayRunner
 

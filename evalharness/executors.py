@@ -100,7 +100,7 @@ class LocalExecutor(Executor):
         policy_string: str,
         num_envs: int,
         episode_timeout: float,
-        instructions: Mapping[int, str],
+        instructions: Mapping[tuple[str, int], str],
     ) -> None:
         super().__init__()
         self.env_config = env_config
@@ -119,7 +119,7 @@ class LocalExecutor(Executor):
         self.pool = pool = WorkerPool(n, self.env_config)
         #: per slot: the episode it runs, and the task its env is built for.
         active: list[ActiveEpisode | None] = [None] * n
-        built: list[int | None] = [None] * n
+        built: list[tuple[str, int] | None] = [None] * n
         finished = False
         try:
             self.policy.reset(n)
@@ -163,7 +163,7 @@ class LocalExecutor(Executor):
         slots: Sequence[int],
         pending: deque[Episode],
         active: list[ActiveEpisode | None],
-        built: list[int | None],
+        built: list[tuple[str, int] | None],
     ) -> Generator[Event, None, None]:
         """Hand each free slot its next episode and reset it; a slot whose reset fails (the
         worker died, the simulator went unstable) takes the next one."""
@@ -175,9 +175,9 @@ class LocalExecutor(Executor):
                 if not pending:
                     break
                 episode = next_episode(pending, built[slot])
-                built[slot] = episode.task_id
+                built[slot] = episode.task_key
                 self.pool.send(slot, "reset", episode)
-                instruction = self.instructions[episode.task_id]
+                instruction = self.instructions[episode.task_key]
                 sent.append((slot, ActiveEpisode(episode, instruction, {}, time.monotonic())))
             free = []
             for slot, a in sent:
@@ -196,7 +196,7 @@ class LocalExecutor(Executor):
         what: str,
         sent_at: float,
         pending: deque[Episode],
-        built: list[int | None],
+        built: list[tuple[str, int] | None],
     ) -> Generator[Event, None, Any]:
         """The worker's reply; or None, after yielding what a fault made of the episode."""
         assert self.pool is not None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,7 +46,8 @@ class WorkerError(RuntimeError):
 class WorkerPool:
     """N spawned worker processes, each serving one `EpisodeEnv` over a pipe."""
 
-    def __init__(self, n: int, config: EnvConfig) -> None:
+    def __init__(self, n: int, config: EnvConfig | Mapping[str, EnvConfig]) -> None:
+        """`config`: the env of a one-suite run, or one per suite (see `EpisodeEnv`)."""
         self.ctx = mp.get_context("spawn")
         self.config = config
         self.render_threads = max(1, (os.cpu_count() or 1) // n)

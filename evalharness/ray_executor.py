@@ -26,7 +26,7 @@ import dataclasses
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 from evalharness import faults
@@ -59,7 +59,7 @@ class EpisodeActor:
 
     def __init__(
         self,
-        env_config: EnvConfig,
+        env_config: EnvConfig | Mapping[str, EnvConfig],
         make_policy: Callable[[], Policy],
         envs: int,
         render_threads: int | None,
@@ -119,7 +119,7 @@ class RayExecutor(Executor):
 
     def __init__(
         self,
-        env_config: EnvConfig,
+        env_config: EnvConfig | Mapping[str, EnvConfig],
         make_policy: Callable[[], Policy],
         policy_string: str,
         num_workers: int,
@@ -173,16 +173,16 @@ class RayExecutor(Executor):
             # Raises here (naming the cause) if an actor cannot even start, e.g. no policy.
             self.actor_pids = list(ray.get([a.pid.remote() for a in actors]))
             self.first_step = time.monotonic()
-            built: dict[int, int | None] = dict.fromkeys(range(n))
+            built: dict[int, tuple[str, int] | None] = dict.fromkeys(range(n))
             #: per actor: its streaming generator and the episodes of its shard not yet ended.
             running: dict[int, tuple[Any, dict[tuple[str, int, int], Episode]]] = {}
 
             def submit(i: int) -> None:
                 shard: list[Episode] = []
                 while pending and len(shard) < self.envs_per_worker:
-                    shard.append(next_episode(pending, shard[0].task_id if shard else built[i]))
+                    shard.append(next_episode(pending, shard[0].task_key if shard else built[i]))
                 if shard:
-                    built[i] = shard[0].task_id
+                    built[i] = shard[0].task_key
                     gen = actors[i].run.options(num_returns="streaming").remote(shard)
                     running[i] = (gen, {e.key: e for e in shard})
 
@@ -251,7 +251,7 @@ class RayRunner(Runner):
     ) -> None:
         super().__init__(config, policy)
         if make_policy is None:
-            spec, suite = config.policy, config.suite
+            spec, suite = config.policy, config.statistics_suite
 
             def make_policy() -> Policy:
                 from evalharness.policies import load_policy
@@ -259,7 +259,7 @@ class RayRunner(Runner):
                 return load_policy(spec, suite=suite)
 
         self.ray_executor = RayExecutor(
-            self.env_config,
+            self.env_configs,
             make_policy,
             config.policy,
             config.num_envs,

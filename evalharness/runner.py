@@ -127,17 +127,20 @@ class Runner:
             {task_id: task.instruction for task_id, task in self.tasks.items()},
         )
 
-    def identity(self, versions: dict[str, str]) -> dict[str, Any]:
-        """Everything that changes this run's outcomes (see evalharness.run_dir), as hashed
-        into run.json and compared by `--resume`."""
-        fields = recorded_fields(
+    def _fields(self) -> dict[str, Any]:
+        return recorded_fields(
             self.config.suite,
             self.config.policy,
             self.config.protocol.to_dict(),
             dataclasses.asdict(self.env_config),
         )
+
+    def identity(self, versions: dict[str, str]) -> dict[str, Any]:
+        """Everything that changes this run's outcomes (see evalharness.run_dir), as hashed
+        into run.json and compared by `--resume`."""
         path = parse_policy_string(self.config.policy).path
-        return outcome_identity(fields, path, versions, getattr(self.policy, "identity", None))
+        policy_identity = getattr(self.policy, "identity", None)
+        return outcome_identity(self._fields(), path, versions, policy_identity)
 
     def run(self) -> pd.DataFrame:
         """Run every pending episode; returns the summary table of all recorded episodes."""
@@ -164,7 +167,7 @@ class Runner:
         log = EpisodeLog(self.run_dir.episodes_csv)
         done_keys = self.run_dir.finished_keys()
         pending = deque(e for e in self.episodes if e.key not in done_keys)
-        self.run_info = {k: identity[k] for k in ("suite", "policy", "protocol", "env")} | {
+        self.run_info = self._fields() | {
             "evalharness_version": __version__,
             "command": sys.argv,
             "config": {

@@ -68,7 +68,7 @@ def schedule(config: RunConfig) -> list[Episode]:
         for i in range(config.protocol.episodes_per_task):
             episodes.append(
                 Episode(
-                    suite=config.suite,
+                    suite=task.suite,
                     task_id=task.task_id,
                     episode_index=i,
                     init_state_index=i % task.num_init_states,
@@ -80,10 +80,10 @@ def schedule(config: RunConfig) -> list[Episode]:
     return episodes
 
 
-def next_episode(pending: deque[Episode], built_task: int | None) -> Episode:
-    """Take the next episode for a worker whose env is built for `built_task` off `pending`:
-    one of that task if any is pending (no env rebuild), else the first pending one."""
-    episode = next((e for e in pending if e.task_id == built_task), pending[0])
+def next_episode(pending: deque[Episode], built_task: tuple[str, int] | None) -> Episode:
+    """Take the next episode for a worker whose env is built for `built_task` (suite, task_id)
+    off `pending`: one of that task if any is pending (no env rebuild), else the first one."""
+    episode = next((e for e in pending if e.task_key == built_task), pending[0])
     pending.remove(episode)
     return episode
 

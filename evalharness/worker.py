@@ -76,6 +76,11 @@ class Episode:
     def key(self) -> tuple[str, int, int]:
         return (self.suite, self.task_id, self.episode_index)
 
+    @property
+    def task_key(self) -> tuple[str, int]:
+        """(suite, task_id): which env the episode needs."""
+        return (self.suite, self.task_id)
+
 
 class FrameRecorder(gym.Wrapper):
     """Keeps every upright `image_primary` frame of the episode (for videos), reset included."""
@@ -147,8 +152,13 @@ class EpisodeEnv:
     """The wrapped env of one worker: LiberoEnv -> frames -> orientation -> resize -> history
     -> chunking."""
 
-    def __init__(self, config: EnvConfig, skip_renders: bool | None = None) -> None:
-        self.config = config
+    def __init__(
+        self, config: EnvConfig | Mapping[str, EnvConfig], skip_renders: bool | None = None
+    ) -> None:
+        #: the config of each suite this worker may be handed (a multi-suite run has several);
+        #: `config` is the one of the suite its env is built for.
+        self.configs = dict(config) if isinstance(config, Mapping) else {config.suite: config}
+        self.config = next(iter(self.configs.values()))
         #: render only the steps a policy query reads (`LiberoEnv.set_render_schedule`); the
         #: policy sees the same frames either way, so this is not part of a run's identity.
         #: EVALHARNESS_RENDER_EVERY_STEP=1 turns it off (benchmarks measure the difference).
@@ -193,11 +203,12 @@ class EpisodeEnv:
         self.task_id = task_id
 
     def reset(self, episode: Episode) -> tuple[dict[str, Any], dict[str, Any]]:
-        if episode.suite != self.config.suite:
+        if episode.suite not in self.configs:
             raise ValueError(
-                f"worker built for {self.config.suite} got an episode of {episode.suite}"
+                f"worker built for {', '.join(self.configs)} got an episode of {episode.suite}"
             )
-        if self.env is None or self.task_id != episode.task_id:
+        if self.env is None or (self.config.suite, self.task_id) != episode.task_key:
+            self.config = self.configs[episode.suite]
             self._build_with_retries(episode.task_id)
         assert self.env is not None and self.recorder is not None
         self.recorder.enabled = episode.record_video and self.config.video_dir is not None
@@ -266,7 +277,7 @@ class EpisodeEnv:
 
 def worker_main(
     conn: Connection,
-    config: EnvConfig,
+    config: EnvConfig | Mapping[str, EnvConfig],
     render_threads: int | None = None,
     egl_device: int | None = None,
 ) -> None:
