@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from statistics import NormalDist
 from types import TracebackType
@@ -41,6 +41,7 @@ __all__ = [
     "ResultsFileError",
     "atomic_write_json",
     "atomic_write_text",
+    "average_row",
     "format_episode_row",
     "format_table",
     "read_episodes",
@@ -447,7 +448,8 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
 
     Returns the columns in :data:`SUMMARY_COLUMNS`: one ``level == "task"`` row per
     (suite, task_id), sorted, then one ``level == "suite"`` row per suite pooling its episodes
-    (``task_id == -1``, empty ``task_name`` and ``instruction``). The result depends only on
+    (``task_id == -1``, empty ``task_name`` and ``instruction``), then, when there are several
+    suites, one ``level == "average"`` row (:func:`average_row`). The result depends only on
     the set of episodes, not their order, since parallel workers append in completion order.
     An episode logged twice (same suite, task_id, episode_index) raises ``ValueError`` rather
     than being counted twice. Episodes whose ``failure_reason`` is a simulator or harness
@@ -496,8 +498,13 @@ def summarize(episodes: pd.DataFrame) -> pd.DataFrame:
                 group,
             )
         )
-    for suite, group in df.groupby("suite", sort=True):
-        rows.append(_summary_row("suite", str(suite), -1, "", "", group))
+    suite_rows = [
+        _summary_row("suite", str(suite), -1, "", "", group)
+        for suite, group in df.groupby("suite", sort=True)
+    ]
+    rows += suite_rows
+    if len(suite_rows) > 1:
+        rows.append(average_row(suite_rows))
     if not rows:
         return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in _SUMMARY_DTYPES.items()})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).astype(_SUMMARY_DTYPES)
@@ -620,6 +627,52 @@ def read_summary_header(path: str | os.PathLike[str]) -> dict[str, str]:
     return header
 
 
+def average_row(suite_rows: Sequence[Mapping[str, Any]]) -> dict[str, object]:
+    """The ``level == "average"`` summary row of several suites, as papers report the LIBERO
+    average: ``success_rate`` is the unweighted mean of the suites' rates (suites whose
+    episodes were all excluded left out); ``episodes``, ``successes`` and ``excluded`` are
+    totals. Its 95% interval is Wilson's at the mean rate with the effective number of
+    episodes ``k**2 / sum(1 / n_i)`` of k suites of n_i episodes, which is the pooled Wilson
+    interval when every suite has the same count.
+    """
+    counted = [r for r in suite_rows if int(r["episodes"]) > 0]
+    total = sum(int(r["episodes"]) for r in suite_rows)
+    steps = sum(float(r["mean_steps"]) * int(r["episodes"]) for r in counted)
+    row: dict[str, object] = {
+        "level": "average",
+        "suite": "average",
+        "task_id": -1,
+        "task_name": "",
+        "instruction": f"mean of {len(counted)} suites",
+        "episodes": total,
+        "successes": sum(int(r["successes"]) for r in suite_rows),
+        "success_rate": math.nan,
+        "ci95_low": 0.0,
+        "ci95_high": 1.0,
+        "mean_steps": steps / total if total else math.nan,
+        "excluded": sum(int(r["excluded"]) for r in suite_rows),
+    }
+    if counted:
+        k = len(counted)
+        mean = sum(float(r["success_rate"]) for r in counted) / k
+        n_eff = k * k / sum(1.0 / int(r["episodes"]) for r in counted)
+        row["success_rate"] = mean
+        row["ci95_low"], row["ci95_high"] = _wilson(mean, n_eff)
+    return row
+
+
+def _wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    # `wilson_interval` for a rate and a (possibly fractional) number of trials.
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
+    low = 0.0 if p <= 0.0 else max(0.0, center - half)
+    high = 1.0 if p >= 1.0 else min(1.0, center + half)
+    return (low, high)
+
+
 def _pct(x: float) -> str:
     return f"{100.0 * x:5.1f}"
 
@@ -656,4 +709,6 @@ def format_table(summary: pd.DataFrame, instruction_width: int = 60) -> str:
         out.append("-" * len(head))
         for _, row in suites.iterrows():
             out.append(line(row, "all", "(all tasks)"))
+    for _, row in summary[summary["level"] == "average"].iterrows():
+        out.append(line(row, "all", f"({row['instruction']}: the average papers report)"))
     return "\n".join(out) + "\n"
