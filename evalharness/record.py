@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,13 +413,16 @@ _WORKER: dict[str, Any] = {}
 
 
 def _to_worker(config: RecordConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config as plain values: a Protocol's read-only step limits do not pickle."""
+    """The config as plain values: a Protocol's read-only mappings do not pickle."""
     import dataclasses
 
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     protocol = fields.pop("protocol")
-    steps = {f.name: getattr(protocol, f.name) for f in dataclasses.fields(protocol)}
-    steps["max_steps"] = dict(steps["max_steps"])
+    steps = {
+        f.name: dict(value) if isinstance(value, Mapping) else value
+        for f in dataclasses.fields(protocol)
+        for value in [getattr(protocol, f.name)]
+    }
     return fields, steps
 
 
