@@ -374,6 +374,14 @@ def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         "--save-every", type=int, default=None, metavar="N", help="checkpoint every N steps"
     )
     p.add_argument(
+        "--open-loop-demos",
+        type=int,
+        default=3,
+        metavar="N",
+        help="hold out the last N demos and replay them through the saved policy at the end "
+        "(open_loop.json); 0 skips (default: %(default)s)",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],
@@ -484,6 +492,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         dataset_spec=args.dataset_spec,
         options=options,
         save_every=args.save_every,
+        open_loop_demos=args.open_loop_demos,
         resume=args.resume,
         progress=not args.no_progress,
     )

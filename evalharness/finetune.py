@@ -21,6 +21,8 @@ Output directory::
     OUT/finetune.json                    the finetune config, data, versions, final metrics
     OUT/train_log.csv                    step, loss, learning_rate, grad_norm (one row per step)
     OUT/train_state/<step>.bin           optimizer state etc. for --resume (latest.json points)
+    OUT/open_loop.json                   the saved policy replayed on held-out demos
+                                         (`evalharness.openloop`), also in finetune.json
 
 Adding a family
 ---------------
@@ -107,6 +109,7 @@ TRAIN_LOG_COLUMNS = ("step", "loss", "learning_rate", "grad_norm", "time_s")
 REPORT_JSON = "compatibility_report.json"
 SPEC_JSON = "dataset_spec.json"
 FINETUNE_JSON = "finetune.json"
+OPEN_LOOP_JSON = "open_loop.json"
 STATE_DIR = "train_state"
 MODES = ("full", "head_only", "head_mlp_only")
 
@@ -228,10 +231,16 @@ class FinetuneConfig:
     save_every: int | None = None
     resume: bool = False
     progress: bool = True
+    #: demos held out of training and replayed open loop through the saved policy at the end
+    #: (the last ones; with fewer than 4x as many demos they stay in training and the check
+    #: replays the last training demos instead). 0 skips the check.
+    open_loop_demos: int = 3
 
     def __post_init__(self) -> None:
         if self.save_every is not None and self.save_every < 1:
             raise FinetuneError(f"--save-every must be >= 1, got {self.save_every}")
+        if self.open_loop_demos < 0:
+            raise FinetuneError(f"--open-loop-demos must be >= 0, got {self.open_loop_demos}")
 
 
 @dataclass
@@ -347,10 +356,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def build_trainer(config: FinetuneConfig) -> tuple[Trainer, Dataset]:
-    """Open the data and build the family's trainer for it (no training)."""
+def build_trainer(
+    config: FinetuneConfig, dataset: Dataset | None = None
+) -> tuple[Trainer, Dataset]:
+    """Open the data (or take ``dataset``) and build the family's trainer for it (no
+    training)."""
     family, checkpoint, family_options = parse_family(config.policy)
-    dataset = open_dataset(config.data, config.dataset_spec)
+    if dataset is None:
+        dataset = open_dataset(config.data, config.dataset_spec)
     options = dataclasses.replace(
         config.options, family_options={**family_options, **config.options.family_options}
     )
@@ -370,7 +383,10 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
             "to continue it, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    trainer, dataset = build_trainer(config)
+    dataset, check_demos, held_out = _hold_out(
+        open_dataset(config.data, config.dataset_spec), config.open_loop_demos
+    )
+    trainer, dataset = build_trainer(config, dataset)
     options = config.options
     report = trainer.report
     say(report.format())
@@ -460,6 +476,8 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     # The family's save may have written its own statistics; the data's are the truth.
     write_statistics(dataset.statistics(), out)
     elapsed = time.perf_counter() - t0
+    if check_demos:
+        info["open_loop"] = _final_open_loop(config, trainer, check_demos, held_out, say)
     info.update(
         status="finished",
         step=step,
@@ -470,6 +488,41 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
     say(f"finetuned {step} steps → {out} (evaluate with --policy {trainer.policy_string(out)})")
     return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)
+
+
+def _hold_out(dataset: Dataset, count: int) -> tuple[Dataset, list[int], bool]:
+    """(training data, demos for the open-loop check, whether they are held out)."""
+    if count == 0:
+        return dataset, [], False
+    total = len(dataset)
+    if total >= 4 * count:
+        return dataset.subset(range(total - count)), list(range(total - count, total)), True
+    return dataset, list(range(max(0, total - count), total)), False
+
+
+def _final_open_loop(
+    config: FinetuneConfig,
+    trainer: Trainer,
+    demos: list[int],
+    held_out: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Replay ``demos`` through the saved policy; the report as a dict (an error is recorded,
+    not raised: the checkpoint is written and usable either way)."""
+    from evalharness.openloop import open_loop, replay_episodes
+    from evalharness.policies.registry import load_policy
+
+    out = Path(config.out_dir)
+    try:
+        policy = load_policy(trainer.policy_string(out))
+        report = open_loop(policy, replay_episodes(config.data, demos), name=policy.spec.name)
+    except Exception as exc:  # a failed check must not lose the finetune
+        say(f"open-loop check skipped: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}", "demos": demos, "held_out": held_out}
+    which = "held-out" if held_out else "training (too few demos to hold any out)"
+    say(f"{report.format()}\n  ({which} demos {demos})")
+    report.write_json(out / OPEN_LOOP_JSON)
+    return report.to_dict() | {"demos": demos, "held_out": held_out}
 
 
 def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl
 from evalharness.envs.rotations import ORIENTATIONS
 from evalharness.errors import EvalharnessError
 from evalharness.policies.base import Policy
+from evalharness.policies.common import hub
 from evalharness.policies.common.compat import CheckpointError
 from evalharness.policies.common.normalization import evaluation_suite
 from evalharness.policies.common.options import OptionInfo, describe_options
@@ -376,10 +377,12 @@ EVALUATION_ORIENTATION = "evaluation_orientation"
 
 def dataset_spec_file(path: str | None) -> Path | None:
     """The ``dataset_spec.json`` a finetune wrote beside checkpoint ``path``: in the checkpoint
-    directory, beside a checkpoint file, or above a numbered step directory. None if absent."""
+    directory, beside a checkpoint file, or above a numbered step directory. None if absent.
+    For a hub reference, the snapshot the policy was loaded from is looked at."""
     if not path:
         return None
-    root = Path(path).expanduser()
+    root = hub.last_resolution(path).local_path if hub.is_hub_ref(path) else Path(path)
+    root = root.expanduser()
     if root.is_file():
         candidates = [root.parent]
     elif root.is_dir():

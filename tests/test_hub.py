@@ -162,6 +162,17 @@ def test_the_identity_records_the_commit_and_changes_when_the_branch_moves(
     assert checkpoint_identity("/no/such/ckpt") == {"checkpoint_sha256": None}
 
 
+def test_a_finetuned_checkpoint_on_the_hub_keeps_its_training_orientation(
+    offline_cache: Path,
+) -> None:
+    from evalharness.policies.registry import training_orientation
+
+    spec = json.dumps({"evaluation_orientation": "raw"}).encode()
+    add_commit(offline_cache, "org/ft", {"model.pth": b"w", "dataset_spec.json": spec})
+    hub.resolve("hf://org/ft/model.pth")  # what loading the policy does
+    assert training_orientation("hf://org/ft/model.pth") == "raw"
+
+
 def test_octo_checkpoints_load_from_the_cache(offline_cache: Path) -> None:
     fixture = FIXTURES / "octo_tiny_lang"
     if not fixture.is_dir():

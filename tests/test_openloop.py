@@ -138,3 +138,37 @@ def test_doctor_open_loop_prints_the_table(demos, capsys):
     assert "[WARN] open loop: zero on 1 demo(s), 12 actions from 12 queries" in out
     assert "gripper sign agreement: 0.0%" in out
     assert status == 0  # a warning, not an error
+
+
+DP_FIXTURE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "robomimic_dp_tiny"
+)
+
+
+@pytest.mark.skipif(not (DP_FIXTURE / "model.pth").is_file(), reason="no fixture")
+@pytest.mark.parametrize(("num_demos", "held_out", "trained_on"), [(4, True, 3), (3, False, 3)])
+def test_finetune_replays_held_out_demos_at_the_end(tmp_path, num_demos, held_out, trained_on):
+    import json
+
+    pytest.importorskip("torch")
+    from evalharness.finetune import FinetuneConfig, FinetuneOptions, finetune
+
+    data = write_tiny_libero_hdf5(tmp_path / "d_demo.hdf5", num_demos=num_demos, image_size=84)
+    config = FinetuneConfig(
+        policy=f"diffusion:{DP_FIXTURE / 'model.pth'}",
+        data=data,
+        out_dir=tmp_path / "ft",
+        dataset_spec="libero_robomimic",
+        options=FinetuneOptions(steps=2, batch_size=2),
+        progress=False,
+        open_loop_demos=1,
+    )
+    finetune(config, log=lambda _: None)
+    info = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    stats = json.loads((tmp_path / "ft" / "dataset_statistics.json").read_text())
+    assert stats["num_trajectories"] == trained_on
+    check = info["open_loop"]
+    assert (check["demos"], check["held_out"]) == ([num_demos - 1], held_out)
+    assert check["steps"] == 12 and len(check["policy_mae"]) == 7
+    saved = json.loads((tmp_path / "ft" / "open_loop.json").read_text())
+    assert saved["episodes"] == [f"d_demo.hdf5:demo_{num_demos - 1}"]

@@ -14,7 +14,7 @@ LIBERO-sized datasets finetuning uses fit); `episodes()` streams without caching
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,19 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.load())
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        """The episodes at ``indices`` (reading order) as a dataset of their own, whose
+        statistics cover only them: how finetuning holds demos out for its open-loop check."""
+        episodes = self.load()
+        bad = [i for i in indices if not 0 <= i < len(episodes)]
+        if bad or not indices:
+            raise DatasetError(
+                f"{self.path}: cannot take episodes {list(indices)[:10]} of {len(episodes)}"
+            )
+        out = Dataset(self.path, self.spec, self.split)
+        out._episodes = [episodes[i] for i in indices]
+        return out
 
     def statistics(self) -> dict[str, Any]:
         """Octo-layout statistics (see `evalharness.data.statistics`), computed once."""

@@ -72,6 +72,20 @@ Options (``?key=value``): ``observation_horizon``, ``action_horizon``, ``predict
 uses), ``ema_power`` (the checkpoint's), ``trust`` (checkpoints needing unpickling),
 ``device`` (``cpu``; ``cuda[:N]`` trains on a GPU: noise, timesteps and crops are drawn on the
 CPU generator and moved, so a seed gives the same draws).
+
+Conditioning and model size (``docs/learning-from-demos.md`` says why these matter):
+
+- ``normalize_obs`` (true): low-dim observation keys the checkpoint does not normalize get
+  robomimic's mean/std ``obs_normalization_stats`` from the data (saved with the model, applied
+  by the adapter). Raw gripper qpos (spread ~0.01) and joint angles (~0.1 rad) are too small to
+  condition the network next to O(1) noise and timestep features.
+- ``init`` (``checkpoint``): ``fresh`` keeps only the checkpoint's architecture and trains from
+  a new initialization, the camera encoders' convolutions He-initialized
+  (:func:`fresh_visual_init`).
+- ``image_size`` (e.g. ``64`` or ``64x64``), ``crop`` (default: the checkpoint's crop fraction),
+  ``temperature`` (SpatialSoftmax keypoint temperature, a checkpoint buffer): every camera's
+  encoder; ``down_dims`` (``64,128,256``) and ``step_embed_dim``: the UNet. Weights load
+  wherever shapes still agree; the adapter resizes frames to the saved size.
 """
 
 from __future__ import annotations
@@ -113,6 +127,7 @@ from evalharness.policies.diffusion.nets import (
     DiffusionPolicyNets,
     ObservationEncoder,
     ObservationGroupEncoder,
+    UnetDims,
     VisualCore,
 )
 from evalharness.policies.diffusion.policy import obs_normalizers, process_frames
@@ -139,7 +154,18 @@ _OPTIONS = (
     "ema_power",
     "trust",
     "device",
+    "normalize_obs",
+    "init",
+    "image_size",
+    "crop",
+    "down_dims",
+    "step_embed_dim",
+    "temperature",
 )
+INITS = ("checkpoint", "fresh")
+#: robomimic adds this to each observation dimension's standard deviation, so constant
+#: dimensions do not divide by zero.
+OBS_STD_TOLERANCE = 1e-3
 #: diffusers 0.11.1 EMAModel defaults that robomimic keeps.
 EMA_MAX_DECAY = 0.9999
 
@@ -162,6 +188,26 @@ def min_max_stats(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     offset = lo - scale * out_lo
     offset[flat] = lo[flat] - (out_hi + out_lo) / 2
     return scale, offset
+
+
+def low_dim_obs_stats(
+    episodes: Sequence[Mapping[str, Any]], routes: Mapping[str, ObsRoute]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(offset, scale) of shape (1, D) per routed low-dim key: robomimic's observation
+    normalization (``normalized = (x - offset) / scale``), offset = mean and scale = std +
+    ``OBS_STD_TOLERANCE`` over every step of the data."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key, route in routes.items():
+        if route.start is None:
+            continue
+        values = np.concatenate(
+            [np.asarray(e[route.source], np.float64)[:, route.start : route.stop] for e in episodes]
+        )
+        out[key] = (
+            values.mean(axis=0, keepdims=True),
+            values.std(axis=0, keepdims=True) + OBS_STD_TOLERANCE,
+        )
+    return out
 
 
 def robomimic_action_sequence(action: np.ndarray, timestep_pad_mask: np.ndarray) -> np.ndarray:
@@ -260,7 +306,7 @@ class DiffusionTrainer:
     ) -> None:
         self.config = config
         self.raw_config = raw_config
-        self.ckpt_meta = {k: ckpt.get(k) for k in ("env_metadata", "obs_normalization_stats")}
+        self.env_metadata = ckpt.get("env_metadata")
         self.nets = nets
         self.report = report
         self.routes = dict(routes)
@@ -497,7 +543,7 @@ class DiffusionTrainer:
             "model": model,
             "config": json.dumps(self.raw_config, indent=4),
             "algo_name": "diffusion_policy",
-            "env_metadata": self.ckpt_meta["env_metadata"] or {},
+            "env_metadata": self.env_metadata or {},
             "shape_metadata": {
                 "ac_dim": self.config.action_dim,
                 "all_shapes": shapes,
@@ -510,8 +556,11 @@ class DiffusionTrainer:
                 key.name: {"scale": [list(key.scale or ())], "offset": [list(key.offset or ())]}
             },
         }
-        if self.ckpt_meta["obs_normalization_stats"]:
-            out["obs_normalization_stats"] = self.ckpt_meta["obs_normalization_stats"]
+        if self.config.obs_normalization:
+            out["obs_normalization_stats"] = {
+                key: {"offset": np.asarray(offset).tolist(), "scale": np.asarray(scale).tolist()}
+                for key, (offset, scale) in self.config.obs_normalization.items()
+            }
         return out
 
 
@@ -539,6 +588,111 @@ def _random_crop(
 # building the model for the data
 
 
+def fresh_visual_init(nets: DiffusionPolicyNets) -> None:
+    """He (fan-in, ReLU) initialization of the camera encoders' convolutions, zero biases.
+
+    PyTorch's default conv init shrinks activations ~2.4x per ReLU layer, so a fresh
+    ``ShallowConv`` hands ``SpatialSoftmax`` feature maps with a spatial spread of ~0.007:
+    the softmax is flat, every keypoint sits at the image centre (1e-4 apart between
+    observations) and the images do not condition the policy until training has grown the
+    weights ~30x. He initialization keeps the maps' spread at the input's.
+    """
+    encoder = cast(ObservationEncoder, nets.obs_encoder.nets["obs"])
+    for core in encoder.obs_nets.values():
+        for module in core.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+
+
+def _size_option(family: Mapping[str, str], key: str) -> tuple[int, int] | None:
+    """``128`` or ``84x96`` (height x width) as a pair, None when absent."""
+    text = family.get(key)
+    if text is None:
+        return None
+    parts = str(text).lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 1:
+        raise FinetuneError(
+            f"diffusion finetune option {key}={text!r}: expected a size in pixels, 84 or 84x96"
+        )
+    return (size[0], size[1])
+
+
+def _resize_cameras(
+    obs_shapes: dict[str, tuple[int, ...]],
+    visual: dict[str, Any],
+    family: Mapping[str, str],
+    changes: list[str],
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Apply ``image_size`` / ``crop`` / ``temperature`` to every camera's encoder."""
+    size, crop = _size_option(family, "image_size"), _size_option(family, "crop")
+    temperature = family.get("temperature")
+    if size is None and crop is None and temperature is None:
+        return obs_shapes, visual
+    shapes, specs = dict(obs_shapes), dict(visual)
+    for key, spec in visual.items():
+        channels, height, width = spec.input_shape
+        new_size = size or (height, width)
+        new_crop = crop
+        if new_crop is None and spec.crop is not None:
+            # Keep the checkpoint's crop fraction (robomimic: 76 of 84).
+            new_crop = (
+                round(new_size[0] * spec.crop[0] / height),
+                round(new_size[1] * spec.crop[1] / width),
+            )
+        try:
+            specs[key] = dataclasses.replace(
+                spec,
+                input_shape=(channels, *new_size),
+                crop=new_crop,
+                temperature=float(temperature) if temperature is not None else spec.temperature,
+            )
+        except ValueError as exc:
+            raise FinetuneError(f"diffusion finetune: camera {key!r}: {exc}") from None
+        shapes[key] = (channels, *new_size)
+        changes.append(
+            f"camera {key!r}: {height}x{width} crop {spec.crop} → {new_size[0]}x{new_size[1]} "
+            f"crop {new_crop}, keypoint temperature {specs[key].temperature}"
+        )
+    return shapes, specs
+
+
+def _unet_dims(dims: UnetDims, family: Mapping[str, str], changes: list[str]) -> UnetDims:
+    """The checkpoint's UNet sizes with ``down_dims`` / ``step_embed_dim`` applied."""
+    out = dims
+    if "down_dims" in family:
+        try:
+            down = tuple(int(v) for v in family["down_dims"].split(","))
+        except ValueError:
+            down = ()
+        if not down or min(down) < 8 or any(d % 8 for d in down):
+            raise FinetuneError(
+                f"diffusion finetune option down_dims={family['down_dims']!r}: expected "
+                "comma-separated channel counts, multiples of 8 (GroupNorm groups), e.g. 64,128,256"
+            )
+        out = dataclasses.replace(out, down_dims=down)
+    if "step_embed_dim" in family:
+        embed = option_int(family, "step_embed_dim", dims.diffusion_step_embed_dim, "diffusion")
+        if embed % 2 or embed < 4:
+            raise FinetuneError(
+                f"diffusion finetune option step_embed_dim={embed}: expected an even number >= 4"
+            )
+        out = dataclasses.replace(out, diffusion_step_embed_dim=embed)
+    if out != dims:
+        changes.append(
+            f"UNet down_dims {list(dims.down_dims)} → {list(out.down_dims)}, step embedding "
+            f"{dims.diffusion_step_embed_dim} → {out.diffusion_step_embed_dim}"
+        )
+    return out
+
+
 def _edit_config(
     raw: Mapping[str, Any], config: DiffusionPolicyConfig, data_path: str
 ) -> dict[str, Any]:
@@ -558,6 +712,20 @@ def _edit_config(
         "kernel_size": unet.kernel_size,
         "n_groups": unet.n_groups,
     }
+    visual = next(iter(config.visual.values()), None)
+    if visual is not None:
+        # Every camera shares robomimic's one rgb encoder config; the model's specs are equal.
+        rgb = new.setdefault("observation", {}).setdefault("encoder", {}).setdefault("rgb", {})
+        pool = rgb.setdefault("core_kwargs", {}).setdefault("pool_kwargs", {})
+        pool["temperature"] = visual.temperature
+        if visual.crop is not None:
+            rgb["obs_randomizer_class"] = "CropRandomizer"
+            rgb["obs_randomizer_kwargs"] = {
+                "crop_height": visual.crop[0],
+                "crop_width": visual.crop[1],
+                "num_crops": 1,
+                "pos_enc": False,
+            }
     modalities = new.setdefault("observation", {}).setdefault("modalities", {})
     obs = modalities.setdefault("obs", {})
     for modality, keys in list(obs.items()):
@@ -640,13 +808,28 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
             f"action dim {old.action_dim} → {action_dim} (the data's): fresh UNet input/output "
             "convs"
         )
+    obs_stats = {k: v for k, v in old.obs_normalization.items() if k in routes}
+    if option_bool(family, "normalize_obs", True, "diffusion"):
+        # Raw low-dim inputs (gripper qpos ~0.01, joint angles ~0.1 rad of spread) barely move
+        # the FiLM conditioning of a network fed O(1) noise and timestep embeddings; robomimic's
+        # mean/std normalization puts every key on the same scale. Keys the checkpoint already
+        # normalizes keep its statistics, which its weights were trained with.
+        fresh_stats = {
+            k: v for k, v in low_dim_obs_stats(episodes, routes).items() if k not in obs_stats
+        }
+        obs_stats.update(fresh_stats)
+        for key in fresh_stats:
+            changes.append(f"observation {key!r} normalized to mean 0 / std 1 over the data")
     obs_shapes = {k: v for k, v in old.obs_shapes.items() if k in routes}
     visual = {k: v for k, v in old.visual.items() if k in routes}
+    obs_shapes, visual = _resize_cameras(obs_shapes, visual, family, changes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(options.seed))
         encoder = ObservationGroupEncoder(obs_shapes, visual, combine=old.combine)
         unet = dataclasses.replace(
-            old.unet, input_dim=action_dim, global_cond_dim=encoder.out_dim * to
+            _unet_dims(old.unet, family, changes),
+            input_dim=action_dim,
+            global_cond_dim=encoder.out_dim * to,
         )
         try:
             config = dataclasses.replace(
@@ -665,11 +848,33 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
                 observation_horizon=to,
                 action_horizon=ta,
                 prediction_horizon=tp,
+                obs_normalization=obs_stats,
             )
         except ValueError as exc:
             raise FinetuneError(f"diffusion finetune: {exc}") from None
         nets = DiffusionPolicyNets(encoder, ConditionalUnet1D(unet))
+    init = family.get("init", "checkpoint")
+    if init not in INITS:
+        raise FinetuneError(
+            f"diffusion finetune option init={init!r}: expected one of {', '.join(INITS)} "
+            "(fresh: train from a new initialization, only the architecture comes from the "
+            "checkpoint)"
+        )
+    if init == "fresh":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(options.seed))
+            fresh_visual_init(nets)
+        state = {}
+        changes.append("fresh initialization: no pretrained weights loaded")
     report = load_weights(nets, state, strict=False, source=f"{path} [{which}]", key_map=None)
+    if "temperature" in family:
+        # A buffer: the checkpoint's value was just loaded over the one asked for.
+        encoder = cast(ObservationEncoder, nets.obs_encoder.nets["obs"])
+        for key, core in encoder.obs_nets.items():
+            pool = cast(VisualCore, core).pool
+            if pool is not None:
+                with torch.no_grad():
+                    pool.temperature.fill_(visual[key].temperature)
     report.target = f"DiffusionPolicyUNet for {dataset.path}"
     fresh = [e.key for e in report.entries if e.status != "loaded" and e.key.startswith("policy.")]
     fresh_frozen = [k for k in fresh if k.startswith(FROZEN_PREFIX) and options.mode == "head_only"]
