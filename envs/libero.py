@@ -29,7 +29,7 @@ import os
 import string
 import tempfile
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from gymnasium import spaces
 
 from evalharness.envs import suites
 from evalharness.envs.rotations import quat2axisangle, rotate180
+from evalharness.envs.scenes import Pose, SceneStream, scene_fingerprint
 from evalharness.errors import EvalharnessError
 
 # Must be set before mujoco/robosuite are imported anywhere in this process: headless EGL
@@ -219,6 +220,18 @@ def _aabb(
     return np.stack([(centers - halves).min(0), (centers + halves).max(0)])
 
 
+@lru_cache(maxsize=8)
+def _compiled_body_poses(xml: str) -> tuple[np.ndarray, np.ndarray]:
+    """`body_pos` and `body_quat` of the model `xml` compiles to, before any placement.
+
+    Cached per process: a worker that goes back to a task does not compile it again.
+    """
+    import mujoco
+
+    model = mujoco.MjModel.from_xml_string(xml)
+    return np.array(model.body_pos), np.array(model.body_quat)
+
+
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
@@ -231,13 +244,19 @@ def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
 class LiberoEnv(gym.Env):
     """One LIBERO task as a gymnasium env, built once and reused across episodes.
 
-    `reset(seed=s, options={"init_state_index": i})` seeds LIBERO's NumPy RNG (it decides the
-    placement of fixtures the flat sim state does not hold), soft-resets the simulator (no XML
-    rebuild), loads official init state `i` (or `options["sim_state"]`, a flat state such as
-    a demo's first `states` row), then runs `num_steps_wait` warm-up steps of
-    `wait_action` that do not count towards `max_steps`. `terminated` is LIBERO's own success
-    check; `truncated` fires at `max_steps`. robosuite's internal horizon is disabled, so the
-    "executing action in terminated episode" error cannot happen.
+    `reset(seed=s, options={"init_state_index": i})` seeds LIBERO's NumPy RNG with `s` (it
+    decides the placement of fixtures the flat sim state does not hold); with
+    `options={"scene_stream": (s, k), ...}` instead, the RNG is where a loop that seeded `s`
+    once and reset k times before has it (OpenVLA's, openpi's; see `evalharness.envs.scenes`).
+    The reset itself keeps the built simulator (no XML rebuild) but first puts back what a
+    rebuild would hold (the compiled fixture poses, a zero gripper command), so it draws and
+    places exactly as LIBERO's default hard reset does. Then it loads official init state `i`
+    (or `options["sim_state"]`, a flat state such as a demo's first `states` row) and runs
+    `num_steps_wait` warm-up steps of `wait_action` that do not count towards `max_steps`;
+    `info["scene_fingerprint"]` hashes the scene after them (`scene_fingerprint`).
+    `terminated` is LIBERO's own success check; `truncated` fires at `max_steps`. robosuite's
+    internal horizon is disabled, so the "executing action in terminated episode" error
+    cannot happen.
 
     >>> env = LiberoEnv("libero_spatial", 0, camera_size=128, max_steps=220)
     >>> obs, info = env.reset(seed=7, options={"init_state_index": 0})
@@ -303,6 +322,8 @@ class LiberoEnv(gym.Env):
         self._episode_over = True
         self._last_raw: dict[str, np.ndarray] = {}
         self._last_obs: dict[str, Any] = {}
+        self._stream = SceneStream(self._scene_reset)
+        self._fresh_poses: tuple[np.ndarray, np.ndarray] | None = None
 
     def _build(self) -> Any:
         from libero.libero.envs import OffScreenRenderEnv
@@ -483,7 +504,6 @@ class LiberoEnv(gym.Env):
         robot = env.robots[0]
         eef_site = robot.eef_site_id
         objects: dict[str, dict[str, Any]] = {}
-        joints: dict[str, np.ndarray] = {}
         for name, geoms in self._object_geoms().items():
             body = env.obj_body_id[name]
             pos = np.array(data.body_xpos[body])
@@ -495,14 +515,6 @@ class LiberoEnv(gym.Env):
                 "extent": _aabb(model, data, geoms, frame=(pos, mat)),
                 "fixture": name in env.fixtures_dict,
             }
-        for name, obj in {**env.objects_dict, **env.fixtures_dict, **env.object_sites_dict}.items():
-            hinges = [
-                j
-                for j in getattr(obj, "joints", None) or []
-                if model.jnt_type[model.joint_name2id(j)] != 0  # 0 = free joint
-            ]
-            if hinges:
-                joints[name] = np.array([data.qpos[model.get_joint_qpos_addr(j)] for j in hinges])
         sites = {
             name: {
                 "pos": np.array(data.get_site_xpos(name)),
@@ -517,7 +529,7 @@ class LiberoEnv(gym.Env):
             "gripper_qpos": np.array(data.qpos[robot._ref_gripper_joint_pos_indexes]),
             "objects": objects,
             "sites": sites,
-            "joints": joints,
+            "joints": self._articulations(),
             "goal": [list(p) for p in env.parsed_problem["goal_state"]],
             "obj_of_interest": list(env.parsed_problem["obj_of_interest"]),
         }
@@ -564,14 +576,24 @@ class LiberoEnv(gym.Env):
                 f"0..{self.num_init_states - 1}; init_state_index {index} does not exist"
             )
         self._make_context_current()
-        if seed is not None:
-            self._env.seed(seed)
+        stream = options.get("scene_stream")
+        replays = 0
+        try:
+            if stream is not None:
+                stream_seed, stream_index = (int(x) for x in stream)
+                replays = self._stream.seek(stream_seed, stream_index)
+            elif seed is not None:
+                self._env.seed(seed)
+            self._scene_reset()
+            if stream is not None:
+                self._stream.advanced()
+        except BaseException:
+            self._stream.forget()  # the RNG state after a failed reset is unknown
+            raise
+        self._reset_gripper_command()
         # Only the last of reset, set_init_state and the warm-up steps is observed: the others
         # skip their camera renders (see `_gate`).
         wait = self.num_steps_wait
-        self._render_now = not self._cameras
-        self._env.reset()
-        self._reset_gripper_command()
         self._gate(read_now=wait == 0, read_next=wait == 1, forced=True)
         # `sim_state` (a flat state, e.g. a recorded demo's first `states` row) replaces the
         # official init state: a replayed demonstration starts exactly where it started.
@@ -591,7 +613,68 @@ class LiberoEnv(gym.Env):
         success = bool(self._env.check_success())
         info = self._info(success)
         info["init_state_index"] = index
+        info["scene_fingerprint"] = scene_fingerprint(index, self.scene_poses())
+        info["scene_replays"] = replays
         return self._observation(raw), info
+
+    def _scene_reset(self) -> None:
+        """One LIBERO reset as a freshly built env makes it, camera renders skipped.
+
+        LIBERO's placement writes sampled fixture poses into the model, and the samplers of
+        objects standing on a fixture read its sites from the sim; a kept env would sample
+        from the previous episode's fixture poses where a hard reset (a rebuilt model) samples
+        from the compiled ones, and could draw a different number of times. Restoring the
+        compiled poses first makes this reset draw and place exactly as a hard reset does.
+        """
+        model = self._env.env.sim.model
+        body_pos, body_quat = self._compiled_body_poses()
+        model.body_pos[:] = body_pos
+        model.body_quat[:] = body_quat
+        self._render_now = not self._cameras
+        self._env.reset()
+
+    def _compiled_body_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._fresh_poses is None:
+            model = self._env.env.sim.model
+            body_pos, body_quat = _compiled_body_poses(self._env.env.model.get_xml())
+            if body_pos.shape != np.shape(model.body_pos):
+                raise RuntimeError(
+                    f"{self.task.suite} task {self.task.task_id}: the recompiled model has "
+                    f"{len(body_pos)} bodies, the env's {len(model.body_pos)}"
+                )
+            self._fresh_poses = (body_pos, body_quat)
+        return self._fresh_poses
+
+    def scene_poses(self) -> dict[str, Pose]:
+        """Each object's and fixture's world pose now: name -> (position (3,), quaternion
+        w-x-y-z (4,), its articulated joints' positions); what `scene_fingerprint` hashes."""
+        env = self._env.env
+        data = env.sim.data
+        joints = self._articulations()
+        return {
+            name: (
+                np.array(data.body_xpos[body]),
+                np.array(data.body_xquat[body]),
+                joints.get(name, np.zeros(0)),
+            )
+            for name, body in env.obj_body_id.items()
+        }
+
+    def _articulations(self) -> dict[str, np.ndarray]:
+        """Non-free joint positions (drawer slides, stove knob, microwave door) per object,
+        fixture or region site that has them."""
+        env = self._env.env
+        model, data = env.sim.model, env.sim.data
+        joints: dict[str, np.ndarray] = {}
+        for name, obj in {**env.objects_dict, **env.fixtures_dict, **env.object_sites_dict}.items():
+            hinges = [
+                j
+                for j in getattr(obj, "joints", None) or []
+                if model.jnt_type[model.joint_name2id(j)] != 0  # 0 = free joint
+            ]
+            if hinges:
+                joints[name] = np.array([data.qpos[model.get_joint_qpos_addr(j)] for j in hinges])
+        return joints
 
     def _make_context_current(self) -> None:
         # robosuite renders into whichever EGL context is current; after another env in this

@@ -186,6 +186,8 @@ def evaluate(
     options: Mapping[str, str] | None = None,
     num_envs: int | None = None,
     seed: int | None = None,
+    seeding: str | None = None,
+    env_seed: int | None = None,
     max_steps: int | None = None,
     num_steps_wait: int | None = None,
     wait_action: Sequence[float] | None = None,
@@ -214,7 +216,8 @@ def evaluate(
     memory). ``options`` are the policy string's ``?key=value`` options (they override those in
     the string). ``tasks`` are ids (``[0, 3]``, ``"0,3,5-7"``; default: all tasks of the
     suite). ``protocol`` is a preset name or a `Protocol`; ``episodes_per_task``, ``seed``,
-    ``max_steps``, ``num_steps_wait``, ``wait_action`` and ``camera_size`` override it.
+    ``seeding`` (``"task_stream"`` or ``"per_episode"``), ``env_seed``, ``max_steps``,
+    ``num_steps_wait``, ``wait_action`` and ``camera_size`` override it.
 
     ``out`` is the run directory (default: a new ``results/<suite>-<policy>-<time>``); with
     ``resume`` an interrupted run there is finished, refused if anything that changes outcomes
@@ -253,6 +256,8 @@ def evaluate(
         wait_action=tuple(wait_action) if wait_action is not None else None,
         camera_size=camera_size,
         seed=seed,
+        seeding=seeding,
+        env_seed=env_seed,
     )
     if isinstance(policy, Policy):
         if options:

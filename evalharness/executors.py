@@ -47,6 +47,8 @@ class EpisodeResult:
     failure_reason: str
     #: what went wrong, for harness failures (the worker's exit code, the simulator warning).
     detail: str = ""
+    #: the scene after the warm-up (`evalharness.envs.scenes`); "" if the reset never ended.
+    scene_fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Executor(abc.ABC):
 
 def _result(a: ActiveEpisode, success: bool, reason: str, detail: str = "") -> EpisodeResult:
     wall = time.monotonic() - a.started
-    return EpisodeResult(a.episode, success, a.steps, wall, reason, detail)
+    return EpisodeResult(a.episode, success, a.steps, wall, reason, detail, a.scene_fingerprint)
 
 
 class LocalExecutor(Executor):
@@ -185,7 +187,8 @@ class LocalExecutor(Executor):
                 if reply is None:
                     free.append(slot)
                     continue
-                a.obs, _info = reply
+                a.obs, info = reply
+                a.scene_fingerprint = str(info.get("scene_fingerprint", ""))
                 a.started = time.monotonic()
                 active[slot] = a
 

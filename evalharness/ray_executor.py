@@ -51,7 +51,8 @@ def _import_ray() -> Any:
 
 
 def _result(a: ActiveEpisode, success: bool, reason: str, detail: str = "") -> EpisodeResult:
-    return EpisodeResult(a.episode, success, a.steps, time.monotonic() - a.started, reason, detail)
+    wall = time.monotonic() - a.started
+    return EpisodeResult(a.episode, success, a.steps, wall, reason, detail, a.scene_fingerprint)
 
 
 class EpisodeActor:
@@ -85,7 +86,8 @@ class EpisodeActor:
         for env, episode in zip(self.envs, episodes, strict=False):
             a = ActiveEpisode(episode, "", {}, time.monotonic())
             try:
-                a.obs, _ = env.reset(episode)
+                a.obs, info = env.reset(episode)
+                a.scene_fingerprint = str(info.get("scene_fingerprint", ""))
             except faults.SimUnstableError as exc:
                 yield _result(a, False, faults.SIM_UNSTABLE, str(exc))
                 continue

@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - Windows has no fcntl
 __all__ = [
     "EPISODE_COLUMNS",
     "HARNESS_FAILURE_REASONS",
+    "LEGACY_EPISODE_COLUMNS",
     "SUMMARY_COLUMNS",
     "TIMING_COLUMNS",
     "EpisodeLog",
@@ -66,7 +67,13 @@ EPISODE_COLUMNS: tuple[str, ...] = (
     "checkpoint",
     "wall_seconds",
     "failure_reason",
+    "scene_fingerprint",
 )
+#: the columns of episodes files written before `scene_fingerprint` existed: read as if their
+#: fingerprints were "", and appended to in their own layout on `--resume`.
+LEGACY_EPISODE_COLUMNS: tuple[str, ...] = EPISODE_COLUMNS[:-1]
+#: columns a row may leave out, with the value written then.
+_OPTIONAL_VALUES: dict[str, str] = {"scene_fingerprint": ""}
 # The only columns allowed to differ between two runs of the same command.
 TIMING_COLUMNS: tuple[str, ...] = ("wall_seconds",)
 
@@ -201,19 +208,21 @@ def _format_value(column: str, value: object) -> str:
     return _one_line(str(value))
 
 
-def format_episode_row(row: Mapping[str, object]) -> str:
+def format_episode_row(row: Mapping[str, object], columns: Sequence[str] = EPISODE_COLUMNS) -> str:
     """Return the CSV line (with its newline) that :class:`EpisodeLog` writes for ``row``.
 
-    ``row`` must have exactly the keys in :data:`EPISODE_COLUMNS`: a missing key raises
-    ``KeyError`` and an unknown key ``ValueError``, each naming the keys.
+    ``row`` must have the keys in :data:`EPISODE_COLUMNS` (``scene_fingerprint`` may be left
+    out: ""): a missing key raises ``KeyError`` and an unknown key ``ValueError``, each naming
+    the keys. ``columns`` is the file's layout (`LEGACY_EPISODE_COLUMNS` for an old file).
     """
-    missing = [c for c in EPISODE_COLUMNS if c not in row]
+    missing = [c for c in EPISODE_COLUMNS if c not in row and c not in _OPTIONAL_VALUES]
     if missing:
         raise KeyError(f"episode row is missing column(s) {missing}")
     extra = sorted(str(k) for k in row if k not in EPISODE_COLUMNS)
     if extra:
         raise ValueError(f"episode row has unknown column(s) {extra}; expected {EPISODE_COLUMNS}")
-    return _csv_line([_format_value(c, row[c]) for c in EPISODE_COLUMNS])
+    full = _OPTIONAL_VALUES | dict(row)
+    return _csv_line([_format_value(c, full[c]) for c in columns])
 
 
 class EpisodeLog:
@@ -229,6 +238,8 @@ class EpisodeLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.dropped_partial_rows = 0
+        #: the file's layout: `EPISODE_COLUMNS`, or `LEGACY_EPISODE_COLUMNS` for an old file.
+        self.columns: tuple[str, ...] = EPISODE_COLUMNS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -261,14 +272,16 @@ class EpisodeLog:
             return
         first = whole[: whole.index(b"\n") + 1].decode("utf-8")
         found = _parse_header(first)
-        if found != list(EPISODE_COLUMNS):
+        if found == list(LEGACY_EPISODE_COLUMNS):
+            self.columns = LEGACY_EPISODE_COLUMNS
+        elif found != list(EPISODE_COLUMNS):
             raise _header_error(self.path, found)
 
     def append(self, row: Mapping[str, object]) -> None:
         """Write one finished episode as one CSV line and make it durable before returning."""
         if self._fd is None:
             raise ValueError(f"{self.path}: EpisodeLog is closed")
-        data = format_episode_row(row).encode("utf-8")
+        data = format_episode_row(row, self.columns).encode("utf-8")
         with _locked(self._fd):
             written = os.write(self._fd, data)
             os.fsync(self._fd)
@@ -359,20 +372,22 @@ def read_episodes(path: str | os.PathLike[str]) -> pd.DataFrame:
         return _empty_episodes()
     reader = csv.reader(io.StringIO(whole.decode("utf-8"), newline=""))
     found = next(reader)
-    if found != list(EPISODE_COLUMNS):
+    layout = LEGACY_EPISODE_COLUMNS if found == list(LEGACY_EPISODE_COLUMNS) else EPISODE_COLUMNS
+    if found != list(layout):
         raise _header_error(path, found)
     columns: dict[str, list[object]] = {c: [] for c in EPISODE_COLUMNS}
     for record in reader:
         lineno = reader.line_num
         if not record:
             continue
-        if len(record) != len(EPISODE_COLUMNS):
+        if len(record) != len(layout):
             raise ResultsFileError(
-                f"{path}, line {lineno}: expected {len(EPISODE_COLUMNS)} fields, "
-                f"found {len(record)}"
+                f"{path}, line {lineno}: expected {len(layout)} fields, found {len(record)}"
             )
-        for column, text in zip(EPISODE_COLUMNS, record, strict=True):
+        for column, text in zip(layout, record, strict=True):
             columns[column].append(_parse_cell(path, lineno, column, text))
+        for column in EPISODE_COLUMNS[len(layout) :]:
+            columns[column].append(_OPTIONAL_VALUES[column])
     return pd.DataFrame(
         {c: pd.Series(columns[c], dtype=_episode_dtype(c)) for c in EPISODE_COLUMNS}
     )

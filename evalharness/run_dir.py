@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from evalharness.envs.scenes import SEEDINGS
 from evalharness.errors import RunError
 from evalharness.identity import (
     checkpoint_identity,
@@ -40,6 +41,7 @@ from evalharness.identity import (
     normalize,
     outcome_versions,
 )
+from evalharness.protocols import complete_legacy_protocol
 from evalharness.results import (
     EpisodeLog,
     ResultsFileError,
@@ -192,9 +194,16 @@ class RunDir:
         if isinstance(previous.get("identity"), dict):
             if previous.get("identity_hash") == identity_hash(identity):
                 return
-            fields = differing_fields(previous["identity"], identity) or ["identity_hash"]
+            recorded = _complete_legacy_seeding(previous["identity"], identity)
+            if recorded is not previous["identity"] and identity_hash(recorded) == identity_hash(
+                identity
+            ):
+                return  # a run from before the stated seeding, with the same scenes
+            fields = differing_fields(recorded, identity) or ["identity_hash"]
+            if "protocol.seeding" in fields and recorded is not previous["identity"]:
+                raise RunError(_seeding_changed(self.path, recorded, identity))
             details = "; ".join(
-                f"{f}: recorded {lookup(previous['identity'], f)!r}, now {lookup(identity, f)!r}"
+                f"{f}: recorded {lookup(recorded, f)!r}, now {lookup(identity, f)!r}"
                 for f in fields
             )
         else:  # written before run.json held an identity: compare what it recorded
@@ -233,6 +242,36 @@ class RunDir:
         summary = summarize(self.read_episodes() if episodes is None else episodes)
         write_summary(summary, self.summary_csv, header=protocol)
         return summary
+
+
+def _complete_legacy_seeding(
+    recorded: Mapping[str, Any], identity: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """`recorded` with a protocol from before the stated seeding written out as what it ran
+    (`complete_legacy_protocol`); `recorded` itself when it is newer."""
+    protocol = recorded.get("protocol")
+    current = identity.get("protocol")
+    if not isinstance(protocol, dict) or not isinstance(current, dict):
+        return recorded
+    completed = complete_legacy_protocol(protocol, current)
+    if completed is None:
+        return recorded
+    return dict(normalize(dict(recorded) | {"protocol": completed}))
+
+
+def _seeding_changed(path: Path, recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
+    old, new = recorded["protocol"], identity["protocol"]
+    seed = old.get("env_seed") if old.get("env_seed") is not None else old.get("seed")
+    now = new.get("env_seed") if new.get("env_seed") is not None else new.get("seed")
+    return (
+        f"--resume into {path} refused: the seeding changed. Its episodes ran with "
+        f"evalharness's former seeding (per_episode: episode i's reset seeded with {seed} + i); "
+        f"protocol {new.get('name')} now seeds {new.get('seeding')} with env seed {now} "
+        f"({SEEDINGS.get(str(new.get('seeding')), '')}), so LIBERO places the fixtures elsewhere "
+        "and the recorded episodes saw other scenes than the new ones would. Finish it under "
+        f"the former seeding with --seeding per_episode --env-seed {seed}, or start the new "
+        "seeding in another --out."
+    )
 
 
 def regenerate_summary(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -5,15 +5,18 @@ that an episode sees the same seeds, the same `tasks` dict and the same batched 
 wherever it runs:
 
 - `schedule`: every episode of a run, task-major; episode i of a task starts from init state
-  `i % num_init_states` with env seed `seed + i` and its own policy seed (`policy_seed`);
+  `i % num_init_states`, its scene seeded as the protocol's `seeding` says (its own env seed
+  `env_seed + i`, or place i in the task's stream seeded `env_seed`), with its own policy
+  seed (`policy_seed`);
 - `next_episode`: a free worker takes a pending episode of the task it has built (no env
   rebuild), else the first pending one;
 - `query_policy`: one batched `act()` for the live episodes: observations stacked
   (`stack_observations`), the per-step `tasks` dict (`step_tasks`), padded to a fixed batch
   size and validated (`act_batch`).
 
-Per-episode seeds make an episode's outcome independent of which other episodes shared its
-batches, so `--resume`, another `--num-envs` or another executor reproduce the same outcomes.
+Per-episode seeds (and a task stream replayed to the episode's place, `evalharness.envs.scenes`)
+make an episode's outcome independent of which other episodes shared its batches or its
+worker, so `--resume`, another `--num-envs` or another executor reproduce the same outcomes.
 """
 
 from __future__ import annotations
@@ -62,19 +65,22 @@ def policy_seed(seed: int, task_id: int, episode_index: int) -> int:
 
 
 def schedule(config: RunConfig) -> list[Episode]:
-    """Every episode of the run: task-major; episode i uses init state i % N and seed seed+i."""
+    """Every episode of the run: task-major; episode i uses init state i % N and the scene
+    the protocol's seeding gives it (`Protocol.episode_env_seed`)."""
+    protocol = config.protocol
     episodes = []
     for task in config.tasks():
-        for i in range(config.protocol.episodes_per_task):
+        for i in range(protocol.episodes_per_task):
             episodes.append(
                 Episode(
                     suite=task.suite,
                     task_id=task.task_id,
                     episode_index=i,
                     init_state_index=i % task.num_init_states,
-                    seed=config.protocol.seed + i,
+                    seed=protocol.episode_env_seed(i),
                     record_video=i < config.video_episodes,
-                    policy_seed=policy_seed(config.protocol.seed, task.task_id, i),
+                    policy_seed=policy_seed(protocol.seed, task.task_id, i),
+                    seeding=protocol.seeding,
                 )
             )
     return episodes
@@ -102,6 +108,8 @@ class ActiveEpisode:
     queries: int = 0
     #: seconds spent waiting on the env after reset: what the episode limit applies to.
     env_seconds: float = 0.0
+    #: the scene after the warm-up (`LiberoEnv` reset info), for episodes.csv.
+    scene_fingerprint: str = ""
 
 
 def stack_observations(observations: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:

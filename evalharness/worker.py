@@ -66,11 +66,23 @@ class Episode:
     task_id: int
     episode_index: int
     init_state_index: int
+    #: the env seed: this episode's own (`per_episode`) or its task stream's (`task_stream`).
     seed: int
     record_video: bool = False
     policy_seed: int = 0
     #: 0, or 1 when rescheduled after its worker died; the outcome must not depend on it.
     attempt: int = 0
+    #: how `seed` makes the scene (`evalharness.envs.scenes`): `per_episode` seeds this
+    #: episode's reset; `task_stream` replays the task's stream to its `episode_index`.
+    seeding: str = "per_episode"
+
+    def reset_arguments(self) -> tuple[int | None, dict[str, Any]]:
+        """`LiberoEnv.reset`'s (seed, options) for this episode's scene and init state."""
+        options: dict[str, Any] = {"init_state_index": self.init_state_index}
+        if self.seeding == "task_stream":
+            options["scene_stream"] = (self.seed, self.episode_index)
+            return None, options
+        return self.seed, options
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -221,9 +233,8 @@ class EpisodeEnv:
         self.episode = episode
         self.control_steps = 0
         try:
-            obs, info = self.env.reset(
-                seed=episode.seed, options={"init_state_index": episode.init_state_index}
-            )
+            seed, options = episode.reset_arguments()
+            obs, info = self.env.reset(seed=seed, options=options)
             return self._requested(obs), info
         except Exception as exc:
             self.close()  # a half-reset simulator is not trusted with the next episode

@@ -261,12 +261,15 @@ def test_quat2axisangle_rejects_a_non_quaternion():
 def test_reset_loads_the_official_init_state_exactly(env):
     _, info = env.reset(seed=SEED, options={"init_state_index": INIT_STATE})
     np.testing.assert_array_equal(env.get_sim_state(), init_states(SUITE, TASK_ID)[INIT_STATE])
+    fingerprint = info.pop("scene_fingerprint")
+    assert len(fingerprint) == 12 and int(fingerprint, 16) >= 0
     assert info == {
         "success": False,
         "episode_steps": 0,
         "task_id": TASK_ID,
         "suite": SUITE,
         "init_state_index": INIT_STATE,
+        "scene_replays": 0,
     }
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from evalharness.results import (
     EPISODE_COLUMNS,
+    LEGACY_EPISODE_COLUMNS,
     SUMMARY_COLUMNS,
     TIMING_COLUMNS,
     EpisodeLog,
@@ -279,7 +280,7 @@ def test_read_episodes_drops_a_truncated_final_row_with_a_warning(tmp_path: Path
     path = tmp_path / "episodes.csv"
     path.write_bytes(
         HEADER.encode()
-        + b"libero_spatial,0,t0,pick it,0,0,7,True,120,openvla,,1.5,\n"
+        + b"libero_spatial,0,t0,pick it,0,0,7,True,120,openvla,,1.5,,3f0a9c2e41b7\n"
         + b"libero_spatial,0,t0,pick it,1,1,8,Fal"
     )
     with pytest.warns(UserWarning, match=re.escape(str(path))):
@@ -315,9 +316,34 @@ def test_episode_log_writes_success_as_true_false_and_rounds_wall_seconds(
     rows = path.read_text().splitlines()[1:]
     assert (
         rows[0]
-        == "libero_spatial,0,libero_spatial_task_0,do task 0,0,0,7,True,100,openvla,,12.346,"
+        == "libero_spatial,0,libero_spatial_task_0,do task 0,0,0,7,True,100,openvla,,12.346,,"
     )
     assert rows[1].split(",")[7] == "False"
+
+
+def test_the_scene_fingerprint_is_the_last_column_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "episodes.csv"
+    write_log(path, [episode() | {"scene_fingerprint": "3f0a9c2e41b7"}])
+    assert EPISODE_COLUMNS[-1] == "scene_fingerprint"
+    assert path.read_text().splitlines()[1].endswith(",12.346,,3f0a9c2e41b7")
+    assert read_episodes(path)["scene_fingerprint"].tolist() == ["3f0a9c2e41b7"]
+
+
+def test_an_episodes_file_from_before_fingerprints_reads_and_resumes_in_its_own_layout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "episodes.csv"
+    old_header = ",".join(LEGACY_EPISODE_COLUMNS) + "\n"
+    path.write_text(old_header + "libero_spatial,0,t0,pick it,0,0,7,True,120,openvla,,1.5,\n")
+    assert read_episodes(path)["scene_fingerprint"].tolist() == [""]
+    # Appending (--resume) keeps the file's 13 columns: the fingerprint is dropped, not shifted.
+    write_log(path, [episode(episode_index=1) | {"scene_fingerprint": "3f0a9c2e41b7"}])
+    lines = path.read_text().splitlines()
+    assert lines[0] == old_header.strip()
+    assert lines[2].endswith(",openvla,,12.346,")
+    df = read_episodes(path)
+    assert df["episode_index"].tolist() == [0, 1]
+    assert df["scene_fingerprint"].tolist() == ["", ""]
 
 
 def test_instructions_with_commas_and_quotes_round_trip(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from evalharness.runner import (
     Runner,
     env_config,
     parse_task_ids,
+    policy_seed,
     schedule,
 )
 
@@ -88,11 +89,12 @@ def test_task_list_parses_ids_and_ranges_in_order() -> None:
 
 
 def test_schedule_uses_init_state_i_and_seed_plus_i_per_task(tmp_path: Path) -> None:
-    protocol = get_protocol("openvla").with_overrides(episodes_per_task=52)
+    protocol = get_protocol("lerobot").with_overrides(episodes_per_task=52, seed=7)
     episodes = schedule(_config(tmp_path, protocol=protocol, task_ids=(4, 1), video_episodes=2))
     assert len(episodes) == 104
     first = episodes[0]
     assert (first.task_id, first.episode_index, first.init_state_index, first.seed) == (4, 0, 0, 7)
+    assert first.reset_arguments() == (7, {"init_state_index": 0})
     # 50 official init states: episode 51 wraps to init state 1 but keeps its own seed.
     e51 = episodes[51]
     assert (e51.task_id, e51.episode_index, e51.init_state_index, e51.seed) == (4, 51, 1, 58)
@@ -101,6 +103,23 @@ def test_schedule_uses_init_state_i_and_seed_plus_i_per_task(tmp_path: Path) -> 
     policy_seeds = {e.policy_seed for e in episodes}
     assert len(policy_seeds) == len(episodes)
     assert [e.record_video for e in episodes[:3]] == [True, True, False]
+
+
+def test_schedule_of_a_task_stream_places_episode_i_at_place_i_of_its_tasks_stream(
+    tmp_path: Path,
+) -> None:
+    protocol = get_protocol("openvla").with_overrides(episodes_per_task=52)
+    episodes = schedule(_config(tmp_path, protocol=protocol, task_ids=(4, 1)))
+    e51 = episodes[51]
+    assert (e51.task_id, e51.init_state_index, e51.seed, e51.seeding) == (4, 1, 0, "task_stream")
+    # No seed of its own: the env replays task 4's stream (seeded 0) to place 51.
+    assert e51.reset_arguments() == (None, {"init_state_index": 1, "scene_stream": (0, 51)})
+    assert episodes[52].reset_arguments() == (
+        None,
+        {"init_state_index": 0, "scene_stream": (0, 0)},
+    )
+    # Policy seeds still come from `seed` (7), one stream per episode.
+    assert episodes[0].policy_seed == policy_seed(7, 4, 0)
 
 
 def test_wrapper_stack_follows_the_policy_spec_and_flags(tmp_path: Path) -> None:
