@@ -56,7 +56,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="policy option (same as ?key=value on --policy, which it overrides); repeatable",
     )
     p.add_argument(
-        "--protocol", default="openvla", help="preset: openvla (default), libero, lerobot"
+        "--protocol",
+        default="openvla",
+        help="preset: openvla (default), openpi, libero, lerobot (`evalharness protocols`)",
     )
     p.add_argument("--tasks", default=None, help="task ids, e.g. 0,3,5-7 (default: all)")
     p.add_argument(
@@ -77,7 +79,26 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="7 comma-separated numbers for the warm-up action, e.g. 0,0,0,0,0,0,-1",
     )
     p.add_argument("--camera-size", type=int, default=None, help="render size in pixels (square)")
-    p.add_argument("--seed", type=int, default=None, help="base seed; episode i uses seed+i")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed of the policy's sampling (and of the env seeds, unless the protocol "
+        "has its own env seed)",
+    )
+    p.add_argument(
+        "--seeding",
+        choices=("task_stream", "per_episode"),
+        default=None,
+        help="how scenes are seeded: task_stream (one RNG stream per task, episodes in order: "
+        "openvla, openpi) or per_episode (episode i's reset seeded env-seed + i: lerobot, libero)",
+    )
+    p.add_argument(
+        "--env-seed",
+        type=int,
+        default=None,
+        help="the scenes' seed: the task stream's, or the base of the per-episode seeds",
+    )
     p.add_argument(
         "--num-envs",
         type=int,
@@ -188,6 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options=parse_option_items(args.option),
         num_envs=args.num_envs,
         seed=args.seed,
+        seeding=args.seeding,
+        env_seed=args.env_seed,
         max_steps=args.max_steps,
         num_steps_wait=args.num_steps_wait,
         wait_action=_wait_action(args.wait_action),
@@ -234,9 +257,13 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         steps = "/".join(str(v) for v in p.max_steps.values())
         print(
             f"{p.name:8}  episodes/task {p.episodes_per_task:>3}  max steps {steps}  "
-            f"wait {p.num_steps_wait} x {list(p.wait_action)}  {p.camera_size} px  seed {p.seed}"
+            f"wait {p.num_steps_wait} x {list(p.wait_action)}  {p.camera_size} px  seed {p.seed}  "
+            f"scenes {p.seeding} (env seed {p.resolved_env_seed})"
         )
         print(f"          {p.notes}  [{p.source}]")
+        if args.semantics:
+            for key, text in p.semantics.items():
+                print(f"          {key + ':':13} {text}")
     return 0
 
 
@@ -414,6 +441,14 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on "
+        "GPU; --batch-size stays the global batch); for torch families (default: 1)",
+    )
 
     e = sub.add_parser(
         "finetune-then-eval",
@@ -501,6 +536,15 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        from evalharness.policies.common.distributed import launch_command
+
+        # torchrun starts N copies of this command (without --nproc), one per rank.
+        return subprocess.call(launch_command(args.nproc, args.argv))
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     return 0
 
@@ -666,10 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--suite", default=None, help="only this suite")
     s.add_argument("--protocol", default="openvla", help="protocol whose step limits to show")
-    sub.add_parser(
+    pr = sub.add_parser(
         "protocols",
         help="list protocol presets",
-        description="List protocol presets and their values.",
+        description="List protocol presets and their values (--semantics: each reference's "
+        "env semantics, with where upstream they come from).",
+    )
+    pr.add_argument(
+        "--semantics", action="store_true", help="also print each reference's env semantics"
     )
     m = sub.add_parser(
         "summarize",
@@ -730,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evalharness import logs
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `finetune --nproc` relaunches
     logs.configure(logs.level_for(args.verbose, args.quiet))
     try:
         return COMMANDS[args.command](args)

@@ -262,6 +262,7 @@ class Runner:
             "checkpoint": self.policy.checkpoint,
             "wall_seconds": round(result.wall_seconds, 3),
             "failure_reason": result.failure_reason,
+            "scene_fingerprint": result.scene_fingerprint,
         }
         append_episode(log, row)
 
