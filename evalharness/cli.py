@@ -441,14 +441,6 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
-    f.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train on N processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on "
-        "GPU; --batch-size stays the global batch); for torch families (default: 1)",
-    )
 
     e = sub.add_parser(
         "finetune-then-eval",
@@ -536,15 +528,6 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        import subprocess
-
-        from evalharness.policies.common.distributed import launch_command
-
-        # torchrun starts N copies of this command (without --nproc), one per rank.
-        return subprocess.call(launch_command(args.nproc, args.argv))
-    if args.nproc < 1:
-        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     return 0
 
@@ -778,7 +761,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evalharness import logs
 
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `finetune --nproc` relaunches
     logs.configure(logs.level_for(args.verbose, args.quiet))
     try:
         return COMMANDS[args.command](args)
