@@ -50,7 +50,7 @@ import numpy as np
 from evalharness import __version__
 from evalharness.batching import pad_batch, padded_size
 from evalharness.errors import EvalharnessError
-from evalharness.identity import checkpoint_digest
+from evalharness.identity import checkpoint_identity
 from evalharness.policies.base import EpisodeStreams, Policy, PolicyOutputError, check_actions
 from evalharness.policies.registry import load_policy, parse_policy_string
 from evalharness.policies.remote import codec
@@ -396,7 +396,8 @@ def metadata(config: ServeConfig, policy: Policy) -> dict[str, Any]:
             "evalharness_version": __version__,
             "policy": config.policy,
             "checkpoint": policy.checkpoint,
-            "checkpoint_sha256": checkpoint_digest(path),
+            # For an hf:// checkpoint also the commit it resolved to (checkpoint_hub).
+            **checkpoint_identity(path),
             "spec": json.loads(json.dumps(spec, default=str)),
             "max_batch": config.max_batch,
             "max_message_bytes": config.max_message_bytes,
