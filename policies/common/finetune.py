@@ -67,7 +67,7 @@ def option_bool(
 def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
     """The finetune learning rate at ``step``: linear warmup 0 → ``peak`` over ``warmup_steps``,
     then cosine to 0 at ``total_steps``; ``optax.warmup_cosine_decay_schedule(0, peak, warmup,
-    max(total, warmup + 1), 0)``, which the octo_jax trainer uses, for the torch trainers."""
+    max(total, warmup + 1), 0)``, which the JAX Octo trainer uses, for the torch trainers."""
     decay_steps = max(total_steps, warmup_steps + 1)
     if warmup_steps > 0 and step < warmup_steps:
         return peak * step / warmup_steps
