@@ -3,6 +3,8 @@
     OUT/episodes.csv      one row per finished episode, appended and fsynced as it ends: the
                           source of truth (evalharness.results)
     OUT/summary.csv       per task and suite, derived from episodes.csv
+    OUT/results.json      the same numbers for lm-evaluation-harness and LeRobot readers
+                          (evalharness.results_json), derived from episodes.csv and run.json
     OUT/run.json          config, identity, versions, status; rewritten atomically as it goes
     OUT/videos/<suite>/   mp4s of the first `--video N` episodes of each task
     OUT/train_log.csv     the finetune's loss log, for runs made by `finetune-then-eval`
@@ -55,6 +57,7 @@ __all__ = [
     "EPISODES_CSV",
     "IDENTITY_FIELDS",
     "MIN_FREE_BYTES",
+    "RESULTS_JSON",
     "RUN_JSON",
     "SUMMARY_CSV",
     "TRAIN_LOG_CSV",
@@ -69,6 +72,7 @@ __all__ = [
 
 EPISODES_CSV = "episodes.csv"
 SUMMARY_CSV = "summary.csv"
+RESULTS_JSON = "results.json"
 RUN_JSON = "run.json"
 VIDEOS_DIR = "videos"
 TRAIN_LOG_CSV = "train_log.csv"
@@ -152,6 +156,11 @@ class RunDir:
     def run_json(self) -> Path:
         """`OUT/run.json`."""
         return self.path / RUN_JSON
+
+    @property
+    def results_json(self) -> Path:
+        """`OUT/results.json`."""
+        return self.path / RESULTS_JSON
 
     def check_writable(self) -> None:
         """Create the directory; refuse one that cannot be written or lacks free space."""
@@ -238,10 +247,27 @@ class RunDir:
         self, protocol: Mapping[str, Any] | None, episodes: pd.DataFrame | None = None
     ) -> pd.DataFrame:
         """Summarize `episodes` (default: episodes.csv) into summary.csv, headed by
-        `protocol`'s fields; return the summary."""
-        summary = summarize(self.read_episodes() if episodes is None else episodes)
+        `protocol`'s fields, and results.json (`write_results_json`); return the summary."""
+        episodes = self.read_episodes() if episodes is None else episodes
+        summary = summarize(episodes)
         write_summary(summary, self.summary_csv, header=protocol)
+        self.write_results_json(episodes)
         return summary
+
+    def write_results_json(self, episodes: pd.DataFrame | None = None) -> None:
+        """Write results.json from `episodes` (default: episodes.csv) and run.json as it is
+        now (`evalharness.results_json`)."""
+        from evalharness.results_json import results_document
+
+        episodes = self.read_episodes() if episodes is None else episodes
+        run: dict[str, Any] | None = None
+        if self.run_json.exists():
+            try:
+                loaded = json.loads(self.run_json.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ResultsFileError(f"{self.run_json}: not valid JSON ({exc})") from None
+            run = loaded if isinstance(loaded, dict) else None
+        atomic_write_json(self.results_json, results_document(episodes, run, self.path))
 
 
 def _complete_legacy_seeding(
@@ -275,7 +301,8 @@ def _seeding_changed(path: Path, recorded: Mapping[str, Any], identity: Mapping[
 
 
 def regenerate_summary(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Rebuild ``run_dir/summary.csv`` from ``run_dir/episodes.csv`` and return it.
+    """Rebuild ``run_dir/summary.csv`` and ``run_dir/results.json`` from
+    ``run_dir/episodes.csv`` (and run.json) and return the summary.
 
     The ``protocol`` entry of ``run_dir/run.json``, when present, becomes the summary header.
     """

@@ -43,6 +43,7 @@ from evalharness.results import EpisodeLog, format_table
 from evalharness.run_config import RunConfig, env_config, parse_task_ids
 from evalharness.run_dir import (
     EPISODES_CSV,
+    RESULTS_JSON,
     RUN_JSON,
     SUMMARY_CSV,
     RunDir,
@@ -309,6 +310,8 @@ class Runner:
             incidents=self.incidents,
             **extra,
         )
+        # Again, now that run.json holds the end time and status results.json reports.
+        self.run_dir.write_results_json(episodes)
         if recorded:
             title = (
                 f"{self.config.suite} · {self.config.policy} · protocol {self.config.protocol.name}"
@@ -324,5 +327,5 @@ class Runner:
                     f"excluded from success rates (simulator/harness failures, not policy "
                     f"failures): {counts}"
                 )
-        print(f"results in {self.out}/ ({EPISODES_CSV}, {SUMMARY_CSV}, {RUN_JSON})")
+        print(f"results in {self.out}/ ({EPISODES_CSV}, {SUMMARY_CSV}, {RESULTS_JSON}, {RUN_JSON})")
         return summary

@@ -177,23 +177,32 @@ def test_summarize_gives_exact_counts_rates_and_intervals_per_task_then_per_suit
     summary = summarize(hand_made_episodes())
 
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
-    assert summary["level"].tolist() == ["task", "task", "task", "suite", "suite"]
-    assert summary["suite"].tolist() == ["A", "A", "B", "A", "B"]
-    assert summary["task_id"].tolist() == [0, 1, 3, -1, -1]
-    assert summary["task_name"].tolist() == ["A_task_0", "A_task_1", "B_task_3", "", ""]
-    assert summary["instruction"].tolist() == ["do task 0", "do task 1", "do task 3", "", ""]
-    assert summary["episodes"].tolist() == [3, 3, 3, 6, 3]
-    assert summary["successes"].tolist() == [2, 0, 3, 2, 3]
-    assert summary["success_rate"].tolist() == [2 / 3, 0.0, 1.0, 1 / 3, 1.0]
+    assert summary["level"].tolist() == ["task", "task", "task", "suite", "suite", "average"]
+    assert summary["suite"].tolist() == ["A", "A", "B", "A", "B", "average"]
+    assert summary["task_id"].tolist() == [0, 1, 3, -1, -1, -1]
+    assert summary["task_name"].tolist() == ["A_task_0", "A_task_1", "B_task_3", "", "", ""]
+    assert summary["instruction"].tolist() == [
+        "do task 0",
+        "do task 1",
+        "do task 3",
+        "",
+        "",
+        "mean of 2 suites",
+    ]
+    assert summary["episodes"].tolist() == [3, 3, 3, 6, 3, 9]
+    assert summary["successes"].tolist() == [2, 0, 3, 2, 3, 5]
+    # The average is the mean of the suite rates (1/3 and 1), not the pooled 5/9.
+    assert summary["success_rate"].tolist() == [2 / 3, 0.0, 1.0, 1 / 3, 1.0, 2 / 3]
     assert summary["mean_steps"].tolist() == pytest.approx(
-        [370 / 3, 300.0, 60.0, 1270 / 6, 60.0], abs=1e-12
+        [370 / 3, 300.0, 60.0, 1270 / 6, 60.0, 1450 / 9], abs=1e-12
     )
-    # Literals from the hand computations above the Wilson tests: 2/3, 0/3, 3/3, 2/6, 3/3.
+    # Literals from the hand computations above the Wilson tests: 2/3, 0/3, 3/3, 2/6, 3/3;
+    # the average's at 2/3 with the effective count 2**2 / (1/6 + 1/3) = 8.
     assert summary["ci95_low"].tolist() == pytest.approx(
-        [0.20766, 0.0, 0.43850, 0.09677, 0.43850], abs=1e-5
+        [0.20766, 0.0, 0.43850, 0.09677, 0.43850, 0.33871], abs=1e-5
     )
     assert summary["ci95_high"].tolist() == pytest.approx(
-        [0.93851, 0.56150, 1.0, 0.70001, 1.0], abs=1e-5
+        [0.93851, 0.56150, 1.0, 0.70001, 1.0, 0.88649], abs=1e-5
     )
     assert str(summary["task_id"].dtype) == "int64"
     assert str(summary["episodes"].dtype) == "int64"
@@ -507,10 +516,13 @@ def test_format_table_shows_instructions_percentages_and_counts() -> None:
     assert "[ 20.8,  93.9]%" in task0
     assert "2/3" in task0
     assert "do task 1" in table and "  0.0%" in table
-    suite_a = lines[-2]
+    suite_a = lines[-3]
     assert suite_a.startswith("A ")
     assert " 33.3%" in suite_a and "2/6" in suite_a and "[  9.7,  70.0]%" in suite_a
-    assert lines[-1].startswith("B ") and "100.0%" in lines[-1]
+    assert lines[-2].startswith("B ") and "100.0%" in lines[-2]
+    # Two suites: the mean of their rates closes the table.
+    assert lines[-1].startswith("average ") and " 66.7%" in lines[-1] and "5/9" in lines[-1]
+    assert "mean of 2 suites" in lines[-1]
 
 
 def test_format_table_truncates_long_instructions() -> None:
@@ -533,7 +545,7 @@ def test_summary_header_values_with_newlines_stay_on_one_line(tmp_path: Path) ->
     path = tmp_path / "summary.csv"
     write_summary(summarize(hand_made_episodes()), path, {"note": "two\nlines"})
     assert read_summary_header(path) == {"note": json.dumps("two\nlines")}
-    assert len(read_summary(path)) == 5
+    assert len(read_summary(path)) == 6  # 3 tasks, 2 suites, their average
 
 
 def _append_rows(path: Path, worker: int, count: int) -> None:
