@@ -869,8 +869,8 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
     report = load_weights(nets, state, strict=False, source=f"{path} [{which}]", key_map=None)
     if "temperature" in family:
         # A buffer: the checkpoint's value was just loaded over the one asked for.
-        encoder = cast(ObservationEncoder, nets.obs_encoder.nets["obs"])
-        for key, core in encoder.obs_nets.items():
+        cameras = cast(ObservationEncoder, nets.obs_encoder.nets["obs"])
+        for key, core in cameras.obs_nets.items():
             pool = cast(VisualCore, core).pool
             if pool is not None:
                 with torch.no_grad():
