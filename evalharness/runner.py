@@ -40,7 +40,7 @@ from evalharness.policies.registry import parse_policy_string
 from evalharness.pool import WorkerError
 from evalharness.progress import Progress
 from evalharness.results import EpisodeLog, format_table
-from evalharness.run_config import RunConfig, env_config, parse_task_ids
+from evalharness.run_config import RunConfig, env_config, env_configs, env_record, parse_task_ids
 from evalharness.run_dir import (
     EPISODES_CSV,
     RESULTS_JSON,
@@ -102,10 +102,12 @@ class Runner:
     def __init__(self, config: RunConfig, policy: Policy) -> None:
         self.config = config
         self.policy = policy
-        self.env_config = env_config(config, policy)
+        #: one per suite of the run; `env_config` is the first suite's.
+        self.env_configs = env_configs(config, policy)
+        self.env_config = self.env_configs[config.suites[0]]
         self.run_dir = RunDir(config.out_dir)
         self.out = self.run_dir.path
-        self.tasks = {t.task_id: t for t in config.tasks()}
+        self.tasks = {(t.suite, t.task_id): t for t in config.tasks()}
         self.episodes = schedule(config)
         self.run_info: dict[str, Any] = {}
         self.env_steps = 0
@@ -120,12 +122,12 @@ class Runner:
     def make_executor(self) -> Executor:
         """Where the episodes run: local worker processes (`RayRunner`: Ray actors)."""
         return LocalExecutor(
-            self.env_config,
+            self.env_configs,
             self.policy,
             self.config.policy,
             self.config.num_envs,
             self.episode_timeout,
-            {task_id: task.instruction for task_id, task in self.tasks.items()},
+            {key: task.instruction for key, task in self.tasks.items()},
         )
 
     def _fields(self) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class Runner:
             self.config.suite,
             self.config.policy,
             self.config.protocol.to_dict(),
-            dataclasses.asdict(self.env_config),
+            env_record(self.env_configs),
         )
 
     def identity(self, versions: dict[str, str]) -> dict[str, Any]:
@@ -173,7 +175,10 @@ class Runner:
             "command": sys.argv,
             "config": {
                 "suite": self.config.suite,
-                "tasks": sorted(self.tasks),
+                "suites": list(self.config.suites),
+                "tasks": sorted({task_id for _, task_id in self.tasks}),
+                # A perturbation suite runs with its base suite's step limit (LIBERO-PRO's).
+                "step_limits": {s: c.max_steps for s, c in self.env_configs.items()},
                 "policy": self.config.policy,
                 "checkpoint": self.policy.checkpoint,
                 "num_envs": self.config.num_envs,
@@ -248,7 +253,7 @@ class Runner:
         if result.failure_reason in faults.HARNESS_FAILURES:
             action = "recorded, excluded from success rates"
             self._incident(e, result.failure_reason, result.detail, action)
-        task = self.tasks[e.task_id]
+        task = self.tasks[e.task_key]
         row = {
             "suite": e.suite,
             "task_id": e.task_id,
