@@ -48,6 +48,7 @@ from evalharness.data.dataset import detect_format
 from evalharness.data.spec import LIBERO, LIBERO_RLDS
 from evalharness.data.windows import window_indices
 from evalharness.envs.rotations import rotate180
+from evalharness.policies.common import hub
 from evalharness.policies.common.normalization import Gripper
 
 __all__ = [
@@ -125,8 +126,10 @@ def replay_episodes(
 ) -> list[ReplayEpisode]:
     """Demos at ``path`` (LIBERO HDF5 file/folder, or OpenVLA-style RLDS) as the env's view.
 
-    ``demos`` picks some by index in reading order (see :func:`select_demos`).
+    ``demos`` picks some by index in reading order (see :func:`select_demos`). ``path`` may
+    be a hub reference (``hf://datasets/ORG/NAME[@REV]``), resolved once here.
     """
+    path = hub.local_path(str(path), default_repo_type="dataset")
     spec: DatasetSpec = _RLDS_ENV_VIEW if detect_format(path) == "rlds" else _HDF5_ENV_VIEW
     episodes = open_dataset(path, spec).load()
     out = []
