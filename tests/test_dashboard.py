@@ -115,6 +115,22 @@ def test_version_mismatch_is_flagged_red_only_when_present(tmp_path, pair):
     assert '<tr class="diff" data-key="policy">' not in page  # same policy here
 
 
+def test_paired_episodes_that_saw_different_scenes_are_named_in_the_banner(tmp_path):
+    scenes = {(0, e): f"00{e:02d}aa00bb11" for e in range(3)}
+    a = write_run(tmp_path / "exact", {0: pattern(1, 3)}, fingerprints=scenes)
+    b = write_run(
+        tmp_path / "former",
+        {0: pattern(2, 3)},
+        fingerprints=scenes | {(0, 2): "5c3e0a9b17d2"},
+    )
+    page = render_dashboard(load_runs([a, b]))
+    assert 'id="mismatch-banner"' in page
+    assert (
+        '<li class="scene-mismatch">1 of 3 paired episodes of exact and former saw different '
+        "scenes (scene fingerprints differ): libero_spatial task 0 episode 2; " in page
+    )
+
+
 def test_video_links_exist_only_for_videos_on_disk_and_are_relative(pair, tmp_path):
     page = render_dashboard(load_runs(pair), tmp_path)
     links = re.findall(r'<a href="([^"]+)">video</a>', page)
