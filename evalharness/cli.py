@@ -233,15 +233,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    from evalharness.envs.libero import SUITES, list_tasks
+    from evalharness import suites as catalogue
+    from evalharness.envs.libero import list_tasks
+    from evalharness.envs.suites import classify, resolve_suites
     from evalharness.protocols import get_protocol
+    from evalharness.run_config import parse_task_ids
 
+    names = list(resolve_suites(args.suite)) if args.suite else None
+    if args.audit:
+        tasks = parse_task_ids(args.audit_tasks) if args.audit_tasks else None
+        targets = names or [
+            a.suite for a in catalogue.catalogue() if not a.static_problem and a.axis is not None
+        ]
+        for suite in targets:
+            catalogue.sim_audit(suite, tasks, progress=lambda line: print(line, file=sys.stderr))
+    if names is None or args.audit:
+        every = names or catalogue.catalogue_suites(include_other=args.all)
+        print(catalogue.format_catalogue(catalogue.catalogue(every)), end="")
+        return 0
     protocol = get_protocol(args.protocol)
-    suites = [args.suite] if args.suite else list(SUITES)
-    for suite in suites:
+    for suite in names:
+        kind = classify(suite)
         tasks = list_tasks(suite)
         limit = protocol.max_steps_for(suite)
         print(f"{suite}: {len(tasks)} tasks, step limit {limit} (protocol {protocol.name})")
+        if kind is not None and kind.axis is not None:
+            print(
+                f"  perturbs {kind.base} ({kind.axis}); 'fed' is where each instruction comes "
+                "from, 'base' the base task it perturbs"
+            )
+            print(f"  {'id':>3}  {'init':>4}  {'limit':>5}  {'fed':<9}  base  instruction  [name]")
+            for t in tasks:
+                base = "-" if t.base_task_id is None else str(t.base_task_id)
+                print(
+                    f"  {t.task_id:>3}  {t.num_init_states:>4}  {limit:>5}  "
+                    f"{t.instruction_source:<9}  {base:>4}  {t.instruction}  [{t.name}]"
+                )
+            continue
         print(f"  {'id':>3}  {'init':>4}  {'limit':>5}  instruction  [name]")
         for t in tasks:
             print(
@@ -441,6 +469,14 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on "
+        "GPU; --batch-size stays the global batch); for torch families (default: 1)",
+    )
 
     e = sub.add_parser(
         "finetune-then-eval",
@@ -528,6 +564,15 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        from evalharness.policies.common.distributed import launch_command
+
+        # torchrun starts N copies of this command (without --nproc), one per rank.
+        return subprocess.call(launch_command(args.nproc, args.argv))
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     return 0
 
@@ -688,11 +733,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     s = sub.add_parser(
         "suites",
-        help="list suites and tasks",
-        description="List LIBERO suites and their tasks: id, init states, step limit, instruction, name.",
+        help="list suites (LIBERO and LIBERO-PRO) and their tasks",
+        description="Without --suite: every LIBERO suite and LIBERO-PRO perturbation suite with "
+        "its base suite, perturbation axis, tasks, init states, which instruction it feeds and "
+        "whether it can run here (audited; --audit builds and steps their envs, cached). With "
+        "--suite: its tasks (id, init states, step limit, instruction, name).",
     )
-    s.add_argument("--suite", default=None, help="only this suite")
+    s.add_argument("--suite", default=None, help="only these suites (comma-separated, or a group)")
     s.add_argument("--protocol", default="openvla", help="protocol whose step limits to show")
+    s.add_argument(
+        "--audit",
+        action="store_true",
+        help="build, reset and step the envs of --suite (default: every suite whose files are "
+        "complete) and cache what happened",
+    )
+    s.add_argument("--audit-tasks", default=None, help="tasks the audit builds (default: all)")
+    s.add_argument(
+        "--all", action="store_true", help="also list registered suites that perturb no base suite"
+    )
     pr = sub.add_parser(
         "protocols",
         help="list protocol presets",
@@ -761,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evalharness import logs
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `finetune --nproc` relaunches
     logs.configure(logs.level_for(args.verbose, args.quiet))
     try:
         return COMMANDS[args.command](args)

@@ -62,6 +62,12 @@ relies on and the families' tests check:
    The driver writes it to ``dataset_spec.json`` as ``evaluation_orientation``;
    ``load_policy`` reads it back.
 
+Data parallel: under ``torchrun`` (or ``evalharness finetune --nproc N``, which launches it) a
+family whose trainer says ``data_parallel = "torchrun"`` trains on N ranks: each builds its
+rows of the same seeded global batch of ``--batch-size`` samples, rank 0 alone writes, and
+``train_state`` resumes under any N (`evalharness.policies.common.distributed`). JAX families
+shard each batch over ``jax.devices()`` in one process instead.
+
 Learning rate: AdamW with a linear warmup from 0 to ``learning_rate`` over ``warmup_steps``,
 then cosine decay to 0 at ``steps`` (upstream Octo's finetune schedule), weight decay 0.01 on
 kernels/weights, gradients clipped to global norm 1.0.
@@ -73,6 +79,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -84,7 +91,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from evalharness.data import DatasetSpec, open_dataset, write_statistics
 from evalharness.data.dataset import Dataset
-from evalharness.policies.common import hub
+from evalharness.policies.common import distributed, hub
 from evalharness.policies.common.finetune import DataRequest, FinetuneError
 from evalharness.policies.registry import EVALUATION_ORIENTATION
 
@@ -310,10 +317,17 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _skip_batches(
-    dataset: Dataset, request: DataRequest, options: FinetuneOptions, skip: int
+    dataset: Dataset,
+    request: DataRequest,
+    options: FinetuneOptions,
+    skip: int,
+    shard: distributed.Shard | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The batch stream from the start, fast-forwarded by ``skip`` batches without building
-    them, so a resumed run sees exactly the batches an uninterrupted one would."""
+    them, so a resumed run sees exactly the batches an uninterrupted one would. With several
+    ranks (``shard``) each builds only its rows of every global batch."""
+    shard = shard or distributed.Shard()
+    rows = shard.rows(options.batch_size)
     sampler = dataset.sampler(
         request.window_size,
         request.action_horizon,
@@ -323,7 +337,7 @@ def _skip_batches(
         action_dim=request.action_dim,
         statistics=dataset.statistics() if request.normalization else None,
     )
-    if skip == 0:
+    if skip == 0 and shard.world == 1:
         return iter(sampler)
     order = sampler._order()
     for _ in range(skip * options.batch_size):
@@ -333,7 +347,7 @@ def _skip_batches(
         from evalharness.data.windows import stack_samples
 
         while True:
-            picks = [int(next(order)) for _ in range(options.batch_size)]
+            picks = [int(next(order)) for _ in range(options.batch_size)][rows]
             batch = stack_samples([sampler._sample(*sampler.index[i]) for i in picks])
             yield sampler.transform(batch) if sampler.transform is not None else batch
 
@@ -375,6 +389,9 @@ def build_trainer(
 def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Run a finetune (or finish one with ``resume``); see the module docstring."""
     say = log or logger.info
+    shard = distributed.init_from_env(_device_option(config))
+    if not shard.is_main:
+        say = _silent
     out = Path(config.out_dir)
     log_path = out / TRAIN_LOG
     if not config.resume and (log_path.exists() or (out / STATE_DIR).exists()):
@@ -382,23 +399,32 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
             f"{out} already holds a finetune ({TRAIN_LOG} or {STATE_DIR}/ exists); pass --resume "
             "to continue it, or choose another --out"
         )
+    shard.rows(config.options.batch_size)  # a batch the ranks cannot split: refused up front
+    shard.barrier()  # every rank has checked --out before rank 0 writes there
     out.mkdir(parents=True, exist_ok=True)
     dataset, check_demos, held_out = _hold_out(
         open_dataset(config.data, config.dataset_spec), config.open_loop_demos
     )
     trainer, dataset = build_trainer(config, dataset)
+    if shard.world > 1 and getattr(trainer, "data_parallel", None) != "torchrun":
+        raise FinetuneError(
+            f"{trainer.family} does not train under torchrun (WORLD_SIZE={shard.world}); run "
+            "it in one process (a JAX family uses every jax.devices() by itself)"
+        )
     options = config.options
     report = trainer.report
     say(report.format())
     for change in trainer.changes:
         say(f"  changed for the data: {change}")
-    report.write_json(out / REPORT_JSON)
-    write_statistics(dataset.statistics(), out)
+    if shard.is_main:
+        report.write_json(out / REPORT_JSON)
+        write_statistics(dataset.statistics(), out)
     spec_record = dataset.spec.to_dict()
     spec_record[EVALUATION_ORIENTATION] = getattr(
         trainer, "input_orientation", dataset.spec.model_orientation
     )
-    (out / SPEC_JSON).write_text(json.dumps(spec_record, indent=2) + "\n")
+    if shard.is_main:
+        (out / SPEC_JSON).write_text(json.dumps(spec_record, indent=2) + "\n")
 
     start = 0
     if config.resume:
@@ -407,7 +433,8 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
             start, path = found
             trainer.load_state_dict(path.read_bytes())
             say(f"resuming {out} from step {start}")
-        _truncate_log(log_path, start)
+        if shard.is_main:
+            _truncate_log(log_path, start)
     info: dict[str, Any] = {
         "policy": config.policy,
         "family": trainer.family,
@@ -424,16 +451,18 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
         "frozen_keys": len(trainer.frozen_keys()),
         "changes": list(trainer.changes),
         "versions": _versions(),
+        "processes": shard.world,
         "status": "running",
     }
-    (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    if shard.is_main:
+        (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
 
-    batches = _skip_batches(dataset, trainer.data, options, start)
+    batches = _skip_batches(dataset, trainer.data, options, start, shard)
     new_log = not log_path.is_file()
     losses: list[float] = []
     step = start
     bar = None
-    if config.progress:
+    if config.progress and shard.is_main:
         from tqdm import tqdm
 
         bar = tqdm(
@@ -441,7 +470,7 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
         )
     t0 = time.perf_counter()
     try:
-        with log_path.open("a", newline="") as f:
+        with (log_path if shard.is_main else Path(os.devnull)).open("a", newline="") as f:
             writer = csv.writer(f)
             if new_log:
                 writer.writerow(TRAIN_LOG_COLUMNS)
@@ -465,12 +494,20 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
                     bar.update(1)
                     rate = (step - start) / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
-                if config.save_every and step % config.save_every == 0 and step < options.steps:
+                if (
+                    config.save_every
+                    and step % config.save_every == 0
+                    and step < options.steps
+                    and shard.is_main
+                ):
                     trainer.save(out, step)
                     _write_state(out, trainer, step)
     finally:
         if bar is not None:
             bar.close()
+    if not shard.is_main:
+        shard.barrier()  # returns with rank 0, once its files are written
+        return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)
     trainer.save(out, step)
     _write_state(out, trainer, step)
     # The family's save may have written its own statistics; the data's are the truth.
@@ -487,6 +524,7 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     )
     (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
     say(f"finetuned {step} steps → {out} (evaluate with --policy {trainer.policy_string(out)})")
+    shard.barrier()
     return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)
 
 
@@ -523,6 +561,16 @@ def _final_open_loop(
     say(f"{report.format()}\n  ({which} demos {demos})")
     report.write_json(out / OPEN_LOOP_JSON)
     return report.to_dict() | {"demos": demos, "held_out": held_out}
+
+
+def _silent(text: str) -> None:
+    """Logging of ranks other than 0: nothing (rank 0 reports for all)."""
+
+
+def _device_option(config: FinetuneConfig) -> str:
+    """The family's ``device`` option (policy string or --option), for the process group."""
+    options = {**parse_family(config.policy)[2], **config.options.family_options}
+    return str(options.get("device", "cpu"))
 
 
 def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:

@@ -33,6 +33,10 @@ step to start from), ``tokenizer`` (folder with tokenizer.json), ``window_size``
 comma-separated fnmatch patterns), ``keep_action_dim`` (``true``: pad narrower data actions to
 the checkpoint's dim instead of building a new head; the default pads narrower and rebuilds
 for wider).
+
+Data parallel over every ``jax.devices()``, as upstream's finetune script: each batch is
+sharded along its batch axis over a device mesh, parameters and optimizer state replicated
+(`evalharness.policies.common.distributed.JaxMesh`); one device runs without a mesh.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from evalharness.policies.common import distributed
 from evalharness.policies.common.compat import (
     CompatibilityReport,
     compare_shapes,
@@ -325,6 +330,10 @@ class OctoJaxTrainer:
             jax.random.PRNGKey(options.seed),
             jnp.asarray(0, dtype=jnp.int32),
         )
+        # Data parallel over jax.devices(): batches sharded, the train state replicated.
+        self.mesh = distributed.JaxMesh.create(int(options.batch_size))
+        if self.mesh is not None:
+            self.state = self.mesh.replicate(self.state)
         self._language: dict[str, np.ndarray] = {}
 
     # -- the protocol -------------------------------------------------------------------------
@@ -340,6 +349,8 @@ class OctoJaxTrainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One optimizer step on a data-layer batch; returns loss, grad_norm, learning_rate."""
         prepared = self.prepare_batch(batch)
+        if self.mesh is not None:
+            prepared = self.mesh.shard_batch(prepared)
         lr = jnp.asarray(self.schedule(int(self.state.step)), jnp.float32)
         self.state, metrics = _train_step(self.module, self.optimizer, self.state, prepared, lr)
         return {k: float(v) for k, v in metrics.items()}
@@ -364,6 +375,8 @@ class OctoJaxTrainer:
 
     def load_state_dict(self, data: bytes) -> None:
         self.state = flax.serialization.from_bytes(self.state, data)
+        if self.mesh is not None:
+            self.state = self.mesh.replicate(self.state)
 
     def policy_string(self, directory: str | Path) -> str:
         """How evaluation loads the saved checkpoint."""

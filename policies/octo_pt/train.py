@@ -35,6 +35,10 @@ Options (``?key=value``): those of ``octo_jax`` (``step``, ``tokenizer``, ``wind
 (``cpu`` default, ``cuda``). Randomness (fresh parameters, diffusion times and noise) comes
 from torch generators seeded by ``--seed``, drawn on the CPU, so a run does not depend on the
 device's RNG; fresh parameters use torch's default initializers, not Flax's.
+
+Under ``torchrun`` (``evalharness finetune --nproc N``) each rank trains on its rows of the
+global batch inside DistributedDataParallel, with the draws and the masked mean of the global
+batch, so N ranks take the single-process steps (`evalharness.policies.common.distributed`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evalharness.policies.common import distributed
 from evalharness.policies.common.compat import CompatibilityReport, compare_shapes
 from evalharness.policies.common.finetune import (
     DataRequest,
@@ -123,9 +128,17 @@ def _decays(leaf: LeafMap) -> bool:
 # the loss (upstream OctoModule loss_fn + action head .loss)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean(
+    x: torch.Tensor, mask: torch.Tensor, shard: distributed.Shard | None = None
+) -> torch.Tensor:
     mask = torch.broadcast_to(mask, x.shape).to(x.dtype)
-    return torch.mean(x * mask) / torch.clamp(torch.mean(mask), min=1e-5)
+    if shard is None or shard.world == 1:
+        return torch.mean(x * mask) / torch.clamp(torch.mean(mask), min=1e-5)
+    # Normalized by the global batch's mask count and scaled by the rank count, so the
+    # gradient average over ranks is the gradient of the global batch's masked mean.
+    numel = x.numel() * shard.world
+    density = shard.all_sum(mask.sum()) / numel
+    return shard.world * (torch.sum(x * mask) / numel) / torch.clamp(density, min=1e-5)
 
 
 def octo_loss(
@@ -133,9 +146,15 @@ def octo_loss(
     head_config: Any,
     batch: Mapping[str, Any],
     generator: torch.Generator,
+    shard: distributed.Shard | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Octo's training loss on a prepared batch of tensors (observation, task, action,
-    action_pad_mask); diffusion times and noise are drawn from ``generator`` (CPU)."""
+    action_pad_mask); diffusion times and noise are drawn from ``generator`` (CPU).
+
+    Under data parallelism (``shard`` of several ranks) the batch is this rank's rows of the
+    global batch: times and noise are drawn for the global batch and sliced, and the masked
+    mean is the global batch's (`evalharness.policies.common.distributed`)."""
+    shard = shard or distributed.Shard()
     obs = batch["observation"]
     pad = obs["timestep_pad_mask"]
     outputs = model.octo_transformer(obs, batch["task"], pad)
@@ -146,8 +165,10 @@ def octo_loss(
         b, w = pad.shape
         flat = torch.clamp(actions.reshape(b, w, -1), -head.max_action, head.max_action)
         n = int(getattr(head_config, "n_diffusion_samples", 1))
-        time = torch.randint(0, head.diffusion_steps, (n, b, w, 1), generator=generator)
-        noise = torch.randn((n, *flat.shape), generator=generator)
+        rows = b * shard.world
+        time = torch.randint(0, head.diffusion_steps, (n, rows, w, 1), generator=generator)
+        noise = torch.randn((n, rows, *flat.shape[1:]), generator=generator)
+        time, noise = shard.take(time, dim=1), shard.take(noise, dim=1)
         time, noise = time.to(flat.device), noise.to(flat.device, flat.dtype)
         alpha_hat = head.alpha_hats[time]
         noisy = torch.sqrt(alpha_hat) * flat[None] + torch.sqrt(1 - alpha_hat) * noise
@@ -161,8 +182,8 @@ def octo_loss(
     sq = torch.square(pred - target)
     error = torch.abs(pred - target) if head_config.loss_type == "l1" else sq
     # Upstream sums over the action dims instead of averaging.
-    loss = _masked_mean(error, mask) * head.action_dim
-    mse = _masked_mean(sq, mask) * head.action_dim
+    loss = _masked_mean(error, mask, shard) * head.action_dim
+    mse = _masked_mean(sq, mask, shard) * head.action_dim
     return loss, {"loss": loss.detach(), "mse": mse.detach()}
 
 
@@ -182,10 +203,27 @@ def _encoder_names(config: OctoConfig) -> dict[str, str]:
 # the trainer
 
 
+class _OctoLoss(torch.nn.Module):
+    """The model with `octo_loss` as its forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: OctoModel, head_config: Any, shard: distributed.Shard) -> None:
+        super().__init__()
+        self.model = model
+        self.head_config = head_config
+        self.shard = shard
+
+    def forward(
+        self, batch: Mapping[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return octo_loss(self.model, self.head_config, batch, generator, self.shard)
+
+
 class OctoPtTrainer:
     """The ``octo_pt`` finetune trainer (see the module docstring and ``evalharness.finetune``)."""
 
     family = "octo_pt"
+    #: Data parallel under torchrun (`evalharness.policies.common.distributed`).
+    data_parallel = "torchrun"
 
     def __init__(
         self,
@@ -214,7 +252,8 @@ class OctoPtTrainer:
         self.mode = mode
         self.frozen_patterns = frozen_patterns
         self.changes = changes
-        self.device = torch.device(device)
+        self.shard = distributed.current()
+        self.device = torch.device(distributed.device_for(device, self.shard))
         self.model = model.to(self.device).train()
         self.inputs = OctoInputSpec.from_example_batch(example_batch, parsed.window_size)
         head = parsed.model.action_head
@@ -251,6 +290,8 @@ class OctoPtTrainer:
         )
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(options.seed))
+        # After freezing: DDP averages the gradients of the parameters that require them.
+        self._loss = distributed.wrap_ddp(_OctoLoss(self.model, head, self.shard), self.shard)
         self.step = 0
         self._language: dict[str, torch.Tensor] = {}
 
@@ -266,7 +307,7 @@ class OctoPtTrainer:
         lr = warmup_cosine(self.step, self.learning_rate, self.warmup_steps, self.total_steps)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = octo_loss(self.model, self.head_config, prepared, self.generator)
+        loss, metrics = self._loss(prepared, self.generator)
         loss.backward()
         grads = [p.grad for p in self.trainable if p.grad is not None]
         norm = (
@@ -282,7 +323,7 @@ class OctoPtTrainer:
             group["lr"] = lr
         self.optimizer.step()
         self.step += 1
-        out = {k: float(v) for k, v in metrics.items()}
+        out = {k: self.shard.mean(float(v)) for k, v in metrics.items()}
         out.update(grad_norm=float(norm), learning_rate=float(lr))
         return out
 
