@@ -156,7 +156,9 @@ def classify(name: str) -> SuiteKind | None:
         variant = name[len(base) + 1 :]
         if variant in _SUFFIXES:
             return SuiteKind(name, base, _SUFFIXES[variant], variant)
-        if variant.startswith("with_") and len(variant) > len("with_"):
+        # `with_trigger*` suites put a trigger sticker on the target (backdoor studies),
+        # not a distractor next to it.
+        if variant.startswith("with_") and not variant.startswith("with_trigger"):
             return SuiteKind(name, base, DISTRACTOR, variant)
     return None
 
@@ -290,7 +292,8 @@ def fed_instruction(
 
     `file_name_instruction` is LIBERO's `task.language` of the perturbed task,
     `bddl_instruction` its BDDL language; the `base_*` arguments are those of the base task
-    it perturbs (None when it has none). `source` is `"bddl"` or `"base task"`.
+    it perturbs (None when it has none). `source` is `"bddl"` or `"base task"` (the BDDL
+    says what the base task's BDDL or instruction says, word for word).
 
     >>> fed_instruction("pick up the bowl", "lift the bowl", "pick up the bowl", "pick the bowl")
     ('lift the bowl', 'bddl')
@@ -301,6 +304,8 @@ def fed_instruction(
         return file_name_instruction, "file name"
     if base_instruction is None or base_bddl_instruction is None:
         return bddl_instruction, "bddl"
-    if _same_words(bddl_instruction, base_bddl_instruction):
+    if _same_words(bddl_instruction, base_bddl_instruction) or _same_words(
+        bddl_instruction, base_instruction
+    ):
         return base_instruction, "base task"
     return bddl_instruction, "bddl"

@@ -83,8 +83,11 @@ class RunConfig:
     def tasks(self) -> list[TaskInfo]:
         """The tasks to run, suite by suite in the order given (all of a suite's by default,
         else `task_ids` of each)."""
+        from evalharness.suites import check_runnable
+
         tasks: list[TaskInfo] = []
         for suite in self.suites:
+            check_runnable(suite)  # a LIBERO-PRO suite whose files or env are broken here
             if self.task_ids is None:
                 tasks.extend(list_tasks(suite))
             else:
