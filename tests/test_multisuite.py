@@ -19,7 +19,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from rundirs import pattern, write_run
 
+from evalharness.compare import load_runs, mismatch_warnings, run_differences
 from evalharness.envs.suites import SUITE_GROUPS, resolve_suites
 from evalharness.errors import UsageError
 from evalharness.policies import load_policy
@@ -240,3 +242,38 @@ def test_killed_in_the_first_suite_and_resumed_equals_an_uninterrupted_run(
     )
     run = json.loads((killed / "run.json").read_text())
     assert run["episodes_resumed"] == len(before) and run["status"] == "finished"
+
+
+def test_compare_judges_comparability_on_the_suites_the_runs_hold(tmp_path: Path) -> None:
+    limits = dict.fromkeys(
+        ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"], 300
+    )
+    a = write_run(tmp_path / "a", {0: pattern(2, 4)})
+    b = write_run(
+        tmp_path / "b",
+        {0: pattern(3, 4)},
+        meta={
+            "protocol": {"max_steps": limits, "overrides": ["max_steps"]},
+            "env": {"max_steps": 300},
+        },
+    )
+    runs = load_runs([a, b])
+    critical = [m.key for m in run_differences(runs) if m.critical]
+    # Only libero_spatial's limit matters: neither run evaluated another suite.
+    assert critical == ["protocol.max_steps.libero_spatial", "env.max_steps"]
+    assert len(mismatch_warnings(runs)) == 2
+    # A multi-suite run's per-suite limits are critical for each suite it holds.
+    c = write_run(
+        tmp_path / "c",
+        {0: pattern(1, 4)},
+        suite="libero_object",
+        meta={"env": {"max_steps": {"libero_spatial": 220, "libero_object": 280}}},
+    )
+    d = write_run(
+        tmp_path / "d",
+        {0: pattern(1, 4)},
+        suite="libero_object",
+        meta={"env": {"max_steps": {"libero_spatial": 220, "libero_object": 300}}},
+    )
+    keys = [m.key for m in run_differences(load_runs([c, d])) if m.critical]
+    assert keys == ["env.max_steps.libero_object"]
