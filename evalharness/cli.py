@@ -240,6 +240,8 @@ def cmd_suites(args: argparse.Namespace) -> int:
     from evalharness.run_config import parse_task_ids
 
     names = list(resolve_suites(args.suite)) if args.suite else None
+    if args.fingerprints:
+        return _print_fingerprints(args, names)
     if args.audit:
         tasks = parse_task_ids(args.audit_tasks) if args.audit_tasks else None
         targets = names or [
@@ -278,6 +280,25 @@ def cmd_suites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_fingerprints(args: argparse.Namespace, suites: list[str] | None) -> int:
+    from evalharness.protocols import get_protocol
+    from evalharness.run_config import parse_task_ids
+    from evalharness.scenes import format_fingerprints, suite_fingerprints
+    from evalharness.versions import package_versions
+
+    if not suites or len(suites) != 1:
+        raise UsageError("--fingerprints needs one suite: --suite NAME")
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+    protocol = get_protocol(args.protocol).with_overrides(
+        seeding=args.seeding, env_seed=args.env_seed
+    )
+    tasks = parse_task_ids(args.tasks) if args.tasks else None
+    table = suite_fingerprints(suites[0], protocol, tasks, args.episodes)
+    print(format_fingerprints(table, suites[0], protocol, package_versions()), end="")
+    return 0
+
+
 def cmd_protocols(args: argparse.Namespace) -> int:
     from evalharness.protocols import PROTOCOLS
 
@@ -296,12 +317,16 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from evalharness.results import format_table
-    from evalharness.run_dir import SUMMARY_CSV, regenerate_summary
+    from evalharness.results import format_table, read_episodes
+    from evalharness.robustness import format_robustness, has_robustness, robustness
+    from evalharness.run_dir import EPISODES_CSV, RESULTS_JSON, SUMMARY_CSV, regenerate_summary
 
     summary = regenerate_summary(args.run_dir)
     print(format_table(summary))
-    print(f"wrote {Path(args.run_dir) / SUMMARY_CSV}")
+    episodes = read_episodes(Path(args.run_dir) / EPISODES_CSV)
+    if has_robustness(episodes):
+        print(format_robustness(robustness(episodes), "robustness (LIBERO-PRO perturbations)"))
+    print(f"wrote {Path(args.run_dir) / SUMMARY_CSV} and {RESULTS_JSON}")
     return 0
 
 
@@ -371,12 +396,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         paired_table,
         suite_table,
     )
+    from evalharness.robustness import (
+        format_robustness,
+        has_robustness,
+        robustness,
+        robustness_table,
+    )
 
     a, b = load_runs([args.run_a, args.run_b], _labels(args.labels, 2))
     warnings = mismatch_warnings([a, b])
     comparison = compare_runs(a, b)
+    robust = [r for r in (a, b) if has_robustness(r.episodes)]
     if args.fmt == "text":
         print(format_comparison(a, b, comparison, warnings), end="")
+        for run in robust:
+            title = f"\nrobustness of {run.label} (LIBERO-PRO perturbations)"
+            print(format_robustness(robustness(run.episodes), title), end="")
         return 0
     # Tables go to stdout for pasting; warnings to stderr so they do not end up in a paper.
     for w in warnings:
@@ -386,6 +421,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(suite_table([a, b], args.fmt))
         print(paired_table(comparison, a.label, b.label, args.fmt), end="")
+        if robust:
+            table = robustness_table([(r.label, r.episodes) for r in robust], args.fmt)
+            print("\n" + table, end="")
     return 0
 
 
@@ -741,6 +779,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--suite", default=None, help="only these suites (comma-separated, or a group)")
     s.add_argument("--protocol", default="openvla", help="protocol whose step limits to show")
+    s.add_argument(
+        "--fingerprints",
+        action="store_true",
+        help="print each episode's scene fingerprint under --protocol, with the simulator "
+        "versions (resets every episode), so two machines can diff their tables",
+    )
+    s.add_argument("--tasks", default=None, help="with --fingerprints: task ids (default: all)")
+    s.add_argument(
+        "--episodes", type=int, default=None, help="with --fingerprints: episodes per task"
+    )
+    s.add_argument(
+        "--seeding",
+        choices=("task_stream", "per_episode"),
+        default=None,
+        help="with --fingerprints: override the protocol's seeding",
+    )
+    s.add_argument(
+        "--env-seed", type=int, default=None, help="with --fingerprints: the scenes' seed"
+    )
     s.add_argument(
         "--audit",
         action="store_true",
