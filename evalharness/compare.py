@@ -555,9 +555,8 @@ def _episode_list(differ: pd.DataFrame) -> str:
         shown = ", ".join(episodes[:_NAMED_EPISODES])
         if len(episodes) > _NAMED_EPISODES:
             shown += f" and {len(episodes) - _NAMED_EPISODES} more"
-        parts.append(
-            f"{suite} task {int(task_id)} episode{'s' if len(episodes) > 1 else ''} {shown}"
-        )
+        plural = "s" if len(episodes) > 1 else ""
+        parts.append(f"{suite} task {task_id} episode{plural} {shown}")
     return "; ".join(parts)
 
 
