@@ -39,6 +39,14 @@ from evalharness.compare import (
     suite_order,
     task_labels,
 )
+from evalharness.robustness import (
+    LEADERBOARD_CAPTION,
+    PAIRING,
+    STATISTICS_CAPTION,
+    axis_statistics,
+    has_robustness,
+    leaderboard,
+)
 
 __all__ = ["PALETTE", "build_dashboard", "render_dashboard"]
 
@@ -651,6 +659,32 @@ def _section(meta: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _html_table(css_class: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _robustness_section(runs: Sequence[RunResult]) -> str:
+    """The LIBERO-PRO layout (one row per run), then the paired statistics per axis and per
+    perturbed suite, and what a pair shares on each axis."""
+    held = [(r.label, r.episodes) for r in runs if has_robustness(r.episodes)]
+    header, rows = leaderboard(held)
+    axis_header, axis_rows = axis_statistics(held)
+    suite_header, suite_rows = axis_statistics(held, level="suite")
+    axes = sorted({row[1] for row in axis_rows})
+    pairing = "".join(f"<li><b>{_e(a)}</b>: {_e(PAIRING.get(a, ''))}</li>" for a in axes)
+    return (
+        f"{_html_table('robustness leaderboard', header, rows)}"
+        f'<p class="note">{_e(LEADERBOARD_CAPTION)}</p>'
+        f"{_html_table('robustness axes', axis_header, axis_rows)}"
+        f'<p class="note">{_e(STATISTICS_CAPTION)}</p>'
+        f"{_html_table('robustness suites', suite_header, suite_rows)}"
+        f'<p class="note">What a perturbed episode shares with its base partner:</p>'
+        f'<ul class="note">{pairing}</ul>'
+    )
+
+
 def _runs_table(runs: Sequence[RunResult]) -> str:
     rows = []
     for i, run in enumerate(runs):
@@ -722,6 +756,10 @@ def render_dashboard(runs: Sequence[RunResult], out_dir: str | os.PathLike[str] 
         ("summary", "Suite summary", _summary_table(runs, summaries)),
         ("tasks", "Success rate per task", charts),
         ("paired", "Paired comparison", paired),
+    ]
+    if any(has_robustness(r.episodes) for r in runs):
+        sections.append(("robustness", "Robustness (LIBERO-PRO)", _robustness_section(runs)))
+    sections += [
         ("lengths", "Episode lengths", lengths),
         ("finetune", "Finetune loss", loss),
         ("config", "Protocol, versions and config", _config_table(runs, mismatches)),

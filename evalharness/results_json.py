@@ -18,7 +18,9 @@ Written next to `summary.csv` (and rebuilt by `evalharness summarize`), derived 
 - **evalharness** itself under `evalharness`: per task, per suite, the average over suites
   and the pooled overall rate, each with its Wilson 95% interval, `n`, `successes` and
   `excluded` (episodes the simulator or harness failed, left out of every rate, as in
-  `summary.csv`), plus the protocol, the policy and the run's identity hash.
+  `summary.csv`), plus the protocol, the policy and the run's identity hash, and for a run
+  holding LIBERO-PRO suites with their base suites the paired robustness rows
+  (`evalharness.robustness`).
 
 Rates are fractions in `results`/`evalharness` and percentages in LeRobot's `pc_success`.
 """
@@ -298,5 +300,18 @@ def results_document(
             "average": average,
             "overall": overall,
             "excluded_by_reason": excluded_by_reason,
+            # Each perturbed suite against its base suite, paired (evalharness.robustness).
+            "robustness": _robustness(episodes),
         },
     }
+
+
+def _robustness(episodes: pd.DataFrame) -> list[dict[str, Any]]:
+    from evalharness.robustness import has_robustness, robustness
+
+    if not has_robustness(episodes):
+        return []
+    records = robustness(episodes).to_dict("records")
+    return [
+        {str(k): (_finite(v) if isinstance(v, float) else v) for k, v in r.items()} for r in records
+    ]

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from rundirs import write_run
 
 from evalharness import suites as audit
+from evalharness.cli import main
+from evalharness.dashboard import build_dashboard
 from evalharness.envs.libero import list_tasks
 from evalharness.envs.suites import (
     DISTRACTOR,
@@ -32,8 +36,10 @@ from evalharness.envs.suites import (
 from evalharness.policies import Policy, PolicySpec
 from evalharness.protocols import get_protocol
 from evalharness.results import read_episodes
+from evalharness.robustness import ROBUSTNESS_COLUMNS, pair_with_base, robustness, robustness_table
 from evalharness.run_config import RunConfig
 from evalharness.runner import Runner
+from evalharness.stats import PairedTable, mcnemar_exact_p, paired_difference_ci
 
 # libero_spatial task 0 as LIBERO names it (its file name) and as libero_spatial_lan
 # paraphrases it (that suite's BDDL `(:language ...)`).
@@ -220,3 +226,116 @@ def test_a_lan_run_gives_the_policy_the_perturbed_instruction(tmp_path: Path) ->
     rows = read_episodes(tmp_path / "episodes.csv")
     seen = dict(zip(rows["suite"], rows["instruction"], strict=True))
     assert seen == {"libero_spatial": SPATIAL_0, "libero_spatial_lan": SPATIAL_LAN_0}
+
+
+# --------------------------------------------------------------------------------------------
+# The robustness report
+# --------------------------------------------------------------------------------------------
+
+
+def _episodes(outcomes: Mapping[str, Mapping[int, Sequence[bool]]]) -> pd.DataFrame:
+    rows = []
+    for suite, tasks in outcomes.items():
+        for task_id, results in tasks.items():
+            for i, success in enumerate(results):
+                rows.append(
+                    {
+                        "suite": suite,
+                        "task_id": task_id,
+                        "episode_index": i,
+                        "success": bool(success),
+                        "failure_reason": "" if success else "step_limit",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+T, F = True, False
+# Base: task 0 solved 8/8, task 1 6/8. Language: loses 3 pairs, wins 1. Swap: solves nothing.
+ROBUST = {
+    "libero_spatial": {0: [T] * 8, 1: [T, T, T, T, T, T, F, F]},
+    "libero_spatial_lan": {0: [T, T, T, T, T, F, F, T], 1: [T, T, T, T, F, T, F, T]},
+    "libero_spatial_swap": {0: [F] * 8, 1: [F] * 8},
+}
+
+
+def test_robustness_pairs_each_perturbed_episode_with_its_base_episode() -> None:
+    pairs, unpaired = pair_with_base(_episodes(ROBUST), "libero_spatial_lan")
+    assert unpaired == 0 and len(pairs) == 16
+    assert pairs[["task_id", "base_task_id", "episode_index"]].values[:2].tolist() == [
+        [0, 0, 0],
+        [0, 0, 1],
+    ]
+    frame = robustness(_episodes(ROBUST))
+    assert list(frame.columns) == list(ROBUSTNESS_COLUMNS)
+    lan = frame[frame["suite"] == "libero_spatial_lan"].iloc[0]
+    # 14 base successes, 12 perturbed; only base: (0,5) (0,6) (1,4); only perturbed: (1,7).
+    assert (lan["pairs"], lan["base_successes"], lan["perturbed_successes"]) == (16, 14, 12)
+    assert (lan["only_base"], lan["only_perturbed"]) == (3, 1)
+    assert lan["difference"] == -2 / 16
+    assert lan["p_value"] == mcnemar_exact_p(3, 1) == 0.625
+    low, high = paired_difference_ci(PairedTable(both=11, only_a=3, only_b=1, neither=1))
+    assert (lan["ci95_low"], lan["ci95_high"]) == (low, high)
+    swap = frame[(frame["level"] == "axis") & (frame["axis"] == SWAP)].iloc[0]
+    assert (swap["base_rate"], swap["perturbed_rate"], swap["p_value"]) == (
+        14 / 16,
+        0.0,
+        mcnemar_exact_p(14, 0),
+    )
+    assert frame["level"].tolist() == ["suite", "suite", "axis", "axis"]
+    assert frame["suite"].tolist()[:2] == ["libero_spatial_swap", "libero_spatial_lan"]
+
+
+def test_distractor_episodes_pair_with_the_base_task_they_perturb() -> None:
+    # libero_spatial_with_milk's task 1 perturbs base task 2 (its tasks are reordered).
+    episodes = _episodes(
+        {"libero_spatial": {2: [T, F], 1: [F, F]}, "libero_spatial_with_milk": {1: [T, T]}}
+    )
+    pairs, unpaired = pair_with_base(episodes, "libero_spatial_with_milk")
+    assert pairs[["task_id", "base_task_id"]].values.tolist() == [[1, 2], [1, 2]]
+    assert pairs["success_base"].tolist() == [True, False]
+    assert unpaired == 2  # base task 1's episodes have no perturbed partner
+
+
+def test_robustness_table_has_the_libero_pro_leaderboard_layout() -> None:
+    runs = [("policy A", _episodes(ROBUST))]
+    table = robustness_table(runs, "markdown")
+    lines = table.splitlines()
+    assert lines[0] == "| Run | Spatial Orig | Spatial Pos | Spatial Sem | Mean pert. |"
+    assert lines[2] == "| policy A | 87.5 | 0.0 (-87.5) | 75.0 (-12.5) | 37.5 |"
+    axis_lines = [x for x in lines if x.startswith("| policy A | language")]
+    assert axis_lines == [
+        "| policy A | language | 16 | 87.5 | 75.0 | -12.5 | [-38.6, +15.3] | 0.625 |"
+    ]
+    latex = robustness_table(runs, "latex")
+    assert r"Spatial Orig & Spatial Pos & Spatial Sem & Mean pert. \\" in latex
+    assert r"policy A & 87.5 & 0.0 (-87.5) & 75.0 (-12.5) & 37.5 \\" in latex
+
+
+def test_summarize_compare_and_dashboard_show_the_robustness_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b"):
+        for suite, outcomes in ROBUST.items():
+            write_run(tmp_path / name, outcomes, suite=suite)
+    assert main(["summarize", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "robustness (LIBERO-PRO perturbations)" in out
+    line = next(
+        x for x in out.splitlines() if x.startswith("libero_spatial_lan ") and "language" in x
+    )
+    assert line.split()[2:6] == ["16", "87.5", "75.0", "-12.5"]
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert [r["suite"] for r in doc["evalharness"]["robustness"]] == [
+        "libero_spatial_swap",
+        "libero_spatial_lan",
+        "all",
+        "all",
+    ]
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 87.5 | 0.0 (-87.5) | 75.0 (-12.5) | 37.5 |" in out
+    assert "| b | 87.5 | 0.0 (-87.5) | 75.0 (-12.5) | 37.5 |" in out
+    page = build_dashboard([tmp_path / "a", tmp_path / "b"], tmp_path / "d.html").read_text()
+    assert '<section id="robustness"><h2>Robustness (LIBERO-PRO)</h2>' in page
+    assert "<td>75.0 (-12.5)</td>" in page
