@@ -208,8 +208,9 @@ def _ten_task_pair(root: Path) -> tuple[Path, Path]:
     return a, b
 
 
-@pytest.mark.browser
-def test_dashboard_renders_in_headless_chromium(tmp_path):
+def _open_in_chromium(page: Path, tmp_path: Path):
+    """A headless Chromium showing ``page``, checked to have loaded without errors (the test
+    is skipped where Chromium is not installed); the caller quits it."""
     found = _chromium()
     if found is None:
         pytest.skip(
@@ -219,9 +220,6 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     browser, driver_path = found
-    a, b = _ten_task_pair(tmp_path / "runs")
-    page = build_dashboard([a, b], tmp_path / "report.html")
-
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in (
@@ -251,11 +249,21 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
         )
         driver.get(page.resolve().as_uri())
         assert driver.execute_script("return document.readyState") == "complete"
-
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
         assert driver.execute_script("return window.__errors") == []
+    except BaseException:
+        driver.quit()
+        raise
+    return driver
 
+
+@pytest.mark.browser
+def test_dashboard_renders_in_headless_chromium(tmp_path):
+    a, b = _ten_task_pair(tmp_path / "runs")
+    page = build_dashboard([a, b], tmp_path / "report.html")
+    driver = _open_in_chromium(page, tmp_path)
+    try:
         # Every task has a rendered row: two bars with area where the rate is > 0, two
         # whiskers, and a difference marker.
         rendered = driver.execute_script(
@@ -306,3 +314,38 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     finally:
         driver.quit()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_robustness_section_renders_in_headless_chromium(tmp_path):
+    # One run of libero_spatial with its language and position-swap perturbations.
+    run = tmp_path / "runs" / "pro"
+    rates = {"libero_spatial": 0.9, "libero_spatial_lan": 0.7, "libero_spatial_swap": 0.1}
+    rng = random.Random(1)
+    draws = {t: [rng.random() for _ in range(10)] for t in range(10)}  # shared: paired
+    for suite, rate in rates.items():
+        write_run(run, {t: [u < rate for u in draws[t]] for t in range(10)}, suite=suite)
+    page = build_dashboard([run], tmp_path / "report.html")
+    driver = _open_in_chromium(page, tmp_path)
+    try:
+        section = driver.execute_script(
+            """
+            const s = document.getElementById('robustness');
+            if (!s) return null;
+            const r = s.getBoundingClientRect();
+            const cells = t => [...s.querySelectorAll('table.' + t + ' tr')]
+              .map(tr => [...tr.children].map(c => c.innerText));
+            return {visible: r.width > 0 && r.height > 0, board: cells('leaderboard'),
+                    axes: cells('axes'), nav: !!document.querySelector('nav a[href="#robustness"]')};
+            """
+        )
+        assert section is not None and section["visible"] and section["nav"]
+        board = section["board"]
+        assert board[0] == ["Run", "Spatial Orig", "Spatial Pos", "Spatial Sem", "Mean pert."]
+        assert board[1][0] == "pro" and len(board) == 2
+        assert [row[1] for row in section["axes"][1:]] == ["position swap", "language"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.execute_script("document.getElementById('robustness').scrollIntoView()")
+        assert driver.save_screenshot(str(ARTIFACTS / "dashboard-robustness.png"))
+    finally:
+        driver.quit()
