@@ -561,7 +561,13 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", default=None, help="a dataset to finetune on")
     d.add_argument("--dataset-spec", default="libero", help="default: %(default)s")
     d.add_argument("--suite", default=None, help="a LIBERO suite to evaluate on")
-    d.add_argument("--protocol", default="openvla", help="protocol for the env's camera size")
+    d.add_argument(
+        "--protocol",
+        default=None,
+        help="list the conventions the policy uses under this protocol (image rotation, "
+        "resize, gripper, proprio, un-normalization, replan), next to its reference's; also "
+        "the env's camera size for --suite (default: openvla)",
+    )
     d.add_argument(
         "--open-loop",
         action="store_true",
@@ -638,9 +644,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         args.data,
         args.dataset_spec,
         args.suite,
-        args.protocol,
+        args.protocol or "openvla",
         open_loop=args.open_loop,
         demos=args.demos,
+        list_conventions=args.protocol is not None,
     )
     print(format_findings(findings))
     return 1 if any(f.severity == "error" for f in findings) else 0

@@ -12,7 +12,13 @@ Without training or rolling out, each check reads what the three sides declare a
 - dataset (``--data``): cameras, image sizes, proprio, action dim, language, the gripper
   convention of the stored actions and the model's;
 - environment (``--suite``): cameras, camera size, proprio width, 7-dim actions, and the image
-  transform recorded with a finetuned checkpoint (``dataset_spec.json``).
+  transform recorded with a finetuned checkpoint (``dataset_spec.json``);
+- conventions (``--protocol``): what the policy and the protocol combine to, each next to what
+  the protocol's reference loop does and where each comes from: scenes, image rotation,
+  resize method and size, gripper sign and binarization, the proprio rotation convention,
+  the statistics that un-normalize actions, the replan length (`conventions`). These are
+  the conventions that silently cost published reproductions points (allenai
+  vla-evaluation-harness ``docs/reproductions/common-pitfalls.md``).
 
 The checkpoint side belongs to the family: its registry entry's ``doctor`` hook
 (``policies.common.doctor``) reads the checkpoint and returns its :class:`CheckpointFacts`; a
@@ -28,7 +34,7 @@ import numpy as np
 from evalharness.policies.common.doctor import SEVERITIES, CheckpointFacts, Finding
 from evalharness.policies.registry import training_orientation
 
-__all__ = ["SEVERITIES", "CheckpointFacts", "Finding", "doctor", "format_findings"]
+__all__ = ["SEVERITIES", "CheckpointFacts", "Finding", "conventions", "doctor", "format_findings"]
 
 
 def format_findings(findings: list[Finding]) -> str:
@@ -330,6 +336,132 @@ def _check_env(
         )
 
 
+def _convention(name: str, ours: str, reference: str, source: str) -> Finding:
+    return Finding("info", f"convention: {name}", f"{ours} [{source}]\nreference: {reference}")
+
+
+def _statistics_convention(
+    model: CheckpointFacts, options: dict[str, str], suite: str | None
+) -> str:
+    from evalharness.policies.common.normalization import statistics_keys
+
+    if not model.statistics:
+        return "none: the policy returns actions in the env's units"
+    keys = statistics_keys(model.statistics)
+    if not keys:
+        chosen = "its single entry"
+    elif options.get("stats"):
+        chosen = f"[{options['stats']!r}] (?stats=)"
+    elif suite and any(k == suite or k.startswith(f"{suite}_") for k in keys):
+        chosen = f"the entry named after {suite} (of {', '.join(keys)})"
+    else:
+        chosen = f"one of {', '.join(keys)}: pass ?stats=KEY"
+    kind = options.get("normalization", "the checkpoint config's")
+    return (
+        f"dataset_statistics.json {chosen}, action normalization {kind} (normal: mean/std, "
+        "bounds: q01/q99)"
+    )
+
+
+def conventions(
+    policy: str,
+    protocol_name: str,
+    model: CheckpointFacts,
+    suite: str | None = None,
+    from_spec: bool = False,
+) -> list[Finding]:
+    """The conventions ``policy`` evaluated under ``protocol_name`` uses, one `Finding` each,
+    with where each comes from and what the protocol's reference loop does. ``from_spec``:
+    ``model`` comes from the policy's spec (no checkpoint read), whose actions are the env's."""
+    from evalharness.policies.registry import parse_policy_string
+    from evalharness.protocols import get_protocol
+
+    protocol = get_protocol(protocol_name)
+    ref = parse_policy_string(policy)
+    options = dict(ref.options)
+    semantics = protocol.semantics
+    origin = f"reference loop of preset {protocol.name} ({protocol.source})"
+
+    def reference(key: str) -> str:
+        return semantics.get(key, "not stated") + f" -- {origin}"
+
+    orientation = training_orientation(str(model.directory)) if model.directory else None
+    if orientation == "raw":
+        rotation = (
+            "the env rotates LIBERO's upside-down frames 180 deg, and the policy's wrapper "
+            "rotates them back to the raw orientation it was trained on"
+        )
+        rotation_source = "envs/libero.py upright, envs/wrappers.py ImageOrientation, the "
+        rotation_source += "checkpoint's dataset_spec.json"
+    else:
+        rotation = "the env rotates LIBERO's upside-down frames 180 deg (upright, img[::-1, ::-1])"
+        rotation_source = "evalharness/envs/libero.py upright; the policy reads upright frames"
+    sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in model.image_sizes.items())
+    resize = (
+        f"the policy takes {sizes}, resized by {model.resize}"
+        if sizes
+        else "the policy takes the frames as rendered (no resize)"
+    )
+    horizon = model.action_horizon
+    exec_horizon = int(options.get("exec_horizon", horizon))
+    ensemble = options.get("temporal_ensemble")
+    replan = (
+        f"temporal ensembling of overlapping {horizon}-action chunks (weight {ensemble}), one "
+        "query per step"
+        if ensemble
+        else f"executes {exec_horizon} of each {horizon}-action chunk, then queries again"
+    )
+    gripper = {
+        "octo": "the model's [0, 1] (1 = open) binarized at 0.5 and sign-flipped to LIBERO's "
+        "-1 open / +1 close, as OpenVLA's normalize_gripper_action + invert_gripper_action",
+        "libero": "the model outputs LIBERO's -1 open / +1 close: passed through",
+    }.get(model.gripper, f"{model.gripper}: no conversion")
+    if from_spec:
+        gripper = "the policy returns LIBERO's -1 open / +1 close itself (its act() contract)"
+    reads_proprio = "proprio" in model.lowdim
+    return [
+        _convention(
+            "scenes",
+            f"{protocol.seeding}, env seed {protocol.resolved_env_seed}; init state i % 50; "
+            f"warm-up {protocol.num_steps_wait} x {list(protocol.wait_action)}",
+            reference("seeding") + "; " + semantics.get("warm_up", ""),
+            f"evalharness/protocols.py preset {protocol.name}, evalharness/envs/scenes.py",
+        ),
+        _convention("image rotation", rotation, reference("images"), rotation_source),
+        _convention(
+            "resize",
+            f"env renders {protocol.camera_size}x{protocol.camera_size}; {resize}",
+            reference("images"),
+            "the checkpoint's config (image sizes), evalharness/envs/wrappers.py ResizeImage",
+        ),
+        _convention(
+            "gripper",
+            gripper,
+            reference("actions"),
+            "policies/common/normalization.py convert_gripper, the family's gripper option",
+        ),
+        _convention(
+            "proprio",
+            "eef pos (3) + axis-angle (3, robosuite's quat2axisangle, no antipodal flip) + "
+            f"gripper qpos (2), float32; this policy {'reads' if reads_proprio else 'ignores'} it",
+            reference("proprio"),
+            "evalharness/envs/libero.py, evalharness/envs/rotations.py quat2axisangle",
+        ),
+        _convention(
+            "un-normalization",
+            _statistics_convention(model, options, suite),
+            reference("actions"),
+            "the checkpoint's dataset_statistics.json, ?stats= and ?normalization= options",
+        ),
+        _convention(
+            "replan",
+            replan,
+            reference("replan"),
+            "the policy's action_horizon and ?exec_horizon= / ?temporal_ensemble=",
+        ),
+    ]
+
+
 def doctor(
     policy: str,
     data: str | None = None,
@@ -338,18 +470,22 @@ def doctor(
     protocol: str = "openvla",
     open_loop: bool = False,
     demos: str | None = None,
+    list_conventions: bool = False,
 ) -> list[Finding]:
     """Every mismatch between ``policy``'s checkpoint, ``data`` and ``suite`` (see the module).
 
     ``open_loop`` also replays ``data``'s demos (``demos``: "0,7,21", default all) through the
-    policy's ``act()`` and reports how well it reproduces them (`evalharness.openloop`)."""
+    policy's ``act()`` and reports how well it reproduces them (`evalharness.openloop`).
+    ``list_conventions`` lists the conventions the policy uses under ``protocol``
+    (`conventions`)."""
     from evalharness.policies.registry import get_family, parse_policy_string
 
     ref = parse_policy_string(policy)
     findings: list[Finding] = []
     try:
         describe = get_family(ref.name).load("doctor")
-        if describe is not None and ref.path:
+        from_spec = describe is None or not ref.path
+        if not from_spec:
             model = describe(ref.path, dict(ref.options), findings)
         else:
             model = _spec_facts(policy)
@@ -366,6 +502,8 @@ def doctor(
         )
     )
     stats_key = ref.options.get("stats")
+    if list_conventions:
+        findings.extend(conventions(policy, protocol, model, suite, from_spec))
     if data is not None:
         _check_data(model, data, dataset_spec, findings, stats_key)
     if suite is not None:

@@ -101,3 +101,56 @@ def test_doctor_routes_diffusion_keys_and_names_the_ones_the_data_lacks(tmp_path
     findings = doctor(f"diffusion:{DIFFUSION}", str(data), str(spec))
     assert "joint_states ← data proprio[..., 0:7]" in {f.message for f in findings}
     assert not [f for f in findings if f.severity in ("warning", "error")]
+
+
+def test_doctor_protocol_lists_each_convention_with_its_source_and_the_reference(capsys):
+    assert (
+        main(
+            ["doctor", "--policy", "random?action_horizon=8&exec_horizon=5", "--protocol", "openpi"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    topics = [
+        ": ".join(line.split(": ")[:2])
+        for line in out.splitlines()
+        if line.startswith("[info] convention")
+    ]
+    assert topics == [
+        f"[info] convention: {name}"
+        for name in (
+            "scenes",
+            "image rotation",
+            "resize",
+            "gripper",
+            "proprio",
+            "un-normalization",
+            "replan",
+        )
+    ]
+    assert "convention: scenes: task_stream, env seed 7; init state i % 50" in out
+    assert "reference: np.random.seed(7) at start, then env.seed(7) once per task env" in out
+    assert "env renders 256x256; the policy takes the frames as rendered (no resize)" in out
+    assert "robosuite's quat2axisangle, no antipodal flip" in out
+    assert "un-normalization: none: the policy returns actions in the env's units" in out
+    assert "replan: executes 5 of each 8-action chunk, then queries again" in out
+    assert "reference: replan_steps 5: the first 5 actions of each chunk" in out
+
+
+def test_doctor_without_protocol_lists_no_conventions(capsys):
+    assert main(["doctor", "--policy", "random"]) == 0
+    assert "convention" not in capsys.readouterr().out
+
+
+def test_the_gripper_convention_of_an_octo_checkpoint_names_the_binarization():
+    ckpt = f"{FIXTURE}?stats=libero_spatial_no_noops"
+    findings = doctor(f"octo_jax:{ckpt}", protocol="openvla", list_conventions=True)
+    by_topic = {f.topic: f.message for f in findings}
+    assert by_topic["convention: gripper"].startswith(
+        "the model's [0, 1] (1 = open) binarized at 0.5 and sign-flipped to LIBERO's -1 open"
+    )
+    assert "['libero_spatial_no_noops'] (?stats=)" in by_topic["convention: un-normalization"]
+    assert (
+        "norm_stats[unnorm_key = suite or suite_no_noops] q01/q99"
+        in by_topic["convention: un-normalization"]
+    )
