@@ -65,6 +65,8 @@ def test_ray_executor_gives_the_local_executors_episodes(tmp_path: Path, local_r
 
     local, on_ray = outcomes(tmp_path / "local"), outcomes(tmp_path / "ray")
     assert len(on_ray) == 2 * 3
+    # Outcomes and scenes: each episode's scene fingerprint is the local executor's.
+    assert (on_ray["scene_fingerprint"].str.len() == 12).all()
     pd.testing.assert_frame_equal(local, on_ray)
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert run["status"] == "finished" and run["env_steps"] == 2 * 3 * 6
