@@ -198,6 +198,7 @@ def evaluate(
     resume: bool = False,
     progress: bool = True,
     episode_timeout: float | None = None,
+    pipeline: bool | None = None,
     policy_string: str | None = None,
     executor: str = "local",
     ray_address: str | None = None,
@@ -224,6 +225,8 @@ def evaluate(
     differs. ``progress`` shows a bar on a terminal, tqdm's widget in a notebook, and
     elsewhere (a batch job's log) a line through `logging` every ``progress_every`` episodes or
     60 s (`evalharness.progress`). ``num_envs`` worker processes (default: one per core) step in lockstep;
+    ``pipeline`` (default: for remote policies) splits them into two groups, one stepping
+    while the other's actions are computed (`evalharness.executors`); ``False``: lockstep.
     ``video`` saves mp4s of the first N episodes of each task. ``executor="ray"`` runs the
     envs on Ray actors (``ray_*`` as ``evalharness run --ray-*``). ``wandb`` (a W&B project)
     and ``tensorboard`` (a log directory) log each finished episode, the final tables and the
@@ -286,6 +289,7 @@ def evaluate(
         temporal_ensemble_weight=temporal_ensemble,
         progress=display == "bar",  # the runner's own tqdm line; the others follow the CSV
         episode_timeout=episode_timeout,
+        pipeline=pipeline,
     )
     config.tasks()  # validates task ids before a checkpoint loads or a process starts
     if loaded is None:

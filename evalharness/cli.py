@@ -243,12 +243,14 @@ def cmd_suites(args: argparse.Namespace) -> int:
     if args.fingerprints:
         return _print_fingerprints(args, names)
     if args.audit:
-        tasks = parse_task_ids(args.audit_tasks) if args.audit_tasks else None
+        audit_tasks = parse_task_ids(args.audit_tasks) if args.audit_tasks else None
         targets = names or [
             a.suite for a in catalogue.catalogue() if not a.static_problem and a.axis is not None
         ]
         for suite in targets:
-            catalogue.sim_audit(suite, tasks, progress=lambda line: print(line, file=sys.stderr))
+            catalogue.sim_audit(
+                suite, audit_tasks, progress=lambda line: print(line, file=sys.stderr)
+            )
     if names is None or args.audit:
         every = names or catalogue.catalogue_suites(include_other=args.all)
         print(catalogue.format_catalogue(catalogue.catalogue(every)), end="")

@@ -12,7 +12,14 @@ Harness faults are handled inside the executor and reported with the harness's r
 (`evalharness.faults`): a worker that died is replaced and its episode rescheduled once
 (`attempt` 1; a second death is recorded as `worker_died`); an episode past its time limit is
 recorded as `episode_timeout` and its worker replaced; simulator instability as
-`sim_unstable`.
+`sim_unstable`; an episode whose policy request timed out (`Policy.failure_reason` names a
+harness fault after `act()`, as a remote policy does) as `policy_timeout`, the others going on.
+
+Pipelined rollouts (`pipeline=True`, a policy with `Policy.pipelines`): the slots split into
+two groups (even, odd), each served by its own lane of the policy (`Policy.pipeline_lanes`).
+One group's envs step while the other's `act()` runs on a thread, so env stepping and
+inference overlap. Each lane is called in lockstep for its group, and episode seeds make an
+outcome independent of its batch, so the outcomes equal lockstep's.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Generator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,12 +105,13 @@ class LocalExecutor(Executor):
 
     def __init__(
         self,
-        env_config: EnvConfig,
+        env_config: EnvConfig | Mapping[str, EnvConfig],
         policy: Policy,
         policy_string: str,
         num_envs: int,
         episode_timeout: float,
         instructions: Mapping[tuple[str, int], str],
+        pipeline: bool = False,
     ) -> None:
         super().__init__()
         self.env_config = env_config
@@ -112,6 +121,8 @@ class LocalExecutor(Executor):
         self.episode_timeout = episode_timeout
         self.instructions = dict(instructions)
         self.pool: WorkerPool | None = None
+        #: pipelined rollouts asked for (taken when the policy has lanes and >= 2 envs run).
+        self.pipeline = pipeline
 
     def run(self, pending: deque[Episode]) -> Generator[Event, None, None]:
         """See `Executor.run`."""
@@ -123,42 +134,112 @@ class LocalExecutor(Executor):
         active: list[ActiveEpisode | None] = [None] * n
         built: list[tuple[str, int] | None] = [None] * n
         finished = False
+        thread: ThreadPoolExecutor | None = None
         try:
-            self.policy.reset(n)
+            pipelined = self.pipeline and self.policy.pipelines and n >= 2
+            lanes = self.policy.pipeline_lanes(2) if pipelined else [self.policy]
+            for lane in lanes:
+                lane.reset(n)
             yield from self._assign(range(n), pending, active, built)
             self.first_step = time.monotonic()
+            if pipelined:
+                thread = ThreadPoolExecutor(1, thread_name_prefix="evalharness-act")
+                yield from self._pipelined(thread, lanes, pending, active, built)
             while any(a is not None for a in active):
                 live = [i for i, a in enumerate(active) if a is not None]
-                live_active = [a for a in active if a is not None]
-                actions = query_policy(self.policy, live_active, self.policy_string)
-                sent_at = time.monotonic()
-                for j, slot in enumerate(live):
-                    pool.send(slot, "step", actions[j])
-                freed = []
-                for slot, a in zip(live, live_active, strict=True):
-                    reply = yield from self._receive(slot, a, "step", sent_at, pending, built)
-                    if reply is None:  # a fault ended the episode (reported or rescheduled)
-                        active[slot] = None
-                        freed.append(slot)
-                        continue
-                    ob, _, terminated, truncated, info = reply
-                    self.env_steps += int(info["episode_steps"]) - a.steps
-                    a.steps = int(info["episode_steps"])
-                    a.obs = ob
-                    if terminated or truncated:
-                        success = bool(info["success"])
-                        yield _result(a, success, failure_reason(self.policy, a.episode, success))
-                        active[slot] = None
-                        freed.append(slot)
-                if freed:
-                    yield from self._assign(freed, pending, active, built)
+                batch = [a for a in active if a is not None]
+                actions = query_policy(self.policy, batch, self.policy_string)
+                yield from self._step(self.policy, live, actions, pending, active, built)
             finished = True
         finally:
+            if thread is not None:
+                thread.shutdown(wait=False, cancel_futures=True)
             # Interrupted or failed: in-flight episodes are abandoned, not waited for.
             if finished:
                 pool.close()
             else:
                 pool.kill_all()
+
+    def _pipelined(
+        self,
+        thread: ThreadPoolExecutor,
+        lanes: Sequence[Policy],
+        pending: deque[Episode],
+        active: list[ActiveEpisode | None],
+        built: list[tuple[str, int] | None],
+    ) -> Generator[Event, None, None]:
+        """Step group g while group g+1's actions are computed on `thread`, alternating until
+        every episode has ended."""
+        groups = [list(range(g, len(active), len(lanes))) for g in range(len(lanes))]
+        #: group -> (its slots, the future of their actions); at most one `act()` in flight.
+        queried: dict[int, tuple[list[int], Future[Any]]] = {}
+
+        def submit(g: int) -> None:
+            slots = [s for s in groups[g] if active[s] is not None]
+            batch = [a for a in (active[s] for s in slots) if a is not None]
+            if slots:
+                future = thread.submit(query_policy, lanes[g], batch, self.policy_string)
+                queried[g] = (slots, future)
+
+        g = 0
+        submit(g)
+        while queried or any(a is not None for a in active):
+            slots: list[int] = []
+            actions = None
+            if g in queried:
+                slots, future = queried.pop(g)
+                actions = future.result()
+            h = (g + 1) % len(lanes)
+            if h not in queried:
+                submit(h)  # computed while group g's envs step
+            if slots:
+                yield from self._step(lanes[g], slots, actions, pending, active, built)
+            g = h
+
+    def _step(
+        self,
+        policy: Policy,
+        slots: Sequence[int],
+        actions: Any,
+        pending: deque[Episode],
+        active: list[ActiveEpisode | None],
+        built: list[tuple[str, int] | None],
+    ) -> Generator[Event, None, None]:
+        """Step `slots` with their `actions`; yield what ends; hand freed slots new episodes.
+        An episode whose query `policy` marks as a harness fault (a timed-out request) ends
+        here, unstepped."""
+        assert self.pool is not None
+        freed, stepping = [], []
+        for j, slot in enumerate(slots):
+            a = active[slot]
+            assert a is not None
+            seed = a.episode.policy_seed
+            reason = policy.failure_reason(seed)
+            if reason in faults.HARNESS_FAILURES:
+                yield _result(a, False, reason, policy.failure_detail(seed))
+                active[slot] = None
+                freed.append(slot)
+                continue
+            self.pool.send(slot, "step", actions[j])
+            stepping.append((slot, a))
+        sent_at = time.monotonic()
+        for slot, a in stepping:
+            reply = yield from self._receive(slot, a, "step", sent_at, pending, built)
+            if reply is None:  # a fault ended the episode (reported or rescheduled)
+                active[slot] = None
+                freed.append(slot)
+                continue
+            ob, _, terminated, truncated, info = reply
+            self.env_steps += int(info["episode_steps"]) - a.steps
+            a.steps = int(info["episode_steps"])
+            a.obs = ob
+            if terminated or truncated:
+                success = bool(info["success"])
+                yield _result(a, success, failure_reason(policy, a.episode, success))
+                active[slot] = None
+                freed.append(slot)
+        if freed:
+            yield from self._assign(freed, pending, active, built)
 
     def _assign(
         self,

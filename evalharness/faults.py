@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from evalharness.errors import EvalharnessError
+from evalharness.policies.base import POLICY_TIMEOUT as BASE_POLICY_TIMEOUT
 from evalharness.results import HARNESS_FAILURE_REASONS
 
 FAULTS_ENV = "EVALHARNESS_FAULTS"
@@ -46,9 +47,11 @@ STEP_LIMIT = "step_limit"
 WORKER_DIED = "worker_died"
 SIM_UNSTABLE = "sim_unstable"
 EPISODE_TIMEOUT = "episode_timeout"
+#: a policy request (a remote policy's) outlived its timeout; that episode alone ends.
+POLICY_TIMEOUT = BASE_POLICY_TIMEOUT
 #: failure reasons that say nothing about the policy: excluded from success rates.
 HARNESS_FAILURES: frozenset[str] = HARNESS_FAILURE_REASONS
-assert {WORKER_DIED, SIM_UNSTABLE, EPISODE_TIMEOUT} == HARNESS_FAILURES
+assert {WORKER_DIED, SIM_UNSTABLE, EPISODE_TIMEOUT, POLICY_TIMEOUT} == HARNESS_FAILURES
 
 #: seconds to wait before each retry of an env build that failed with an EGL/OpenGL error.
 BUILD_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)

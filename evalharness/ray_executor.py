@@ -276,6 +276,11 @@ class RayRunner(Runner):
         return self.ray_executor
 
     @property
+    def pipelined(self) -> bool:
+        """Ray actors step in lockstep (each holds a policy replica)."""
+        return False
+
+    @property
     def actor_pids(self) -> list[int]:
         """pids of the actors started by the latest run, in order."""
         return self.ray_executor.actor_pids

@@ -96,7 +96,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 #: such episodes are left out of `episodes`, the rate and its interval, and counted in
 #: `excluded` instead.
 HARNESS_FAILURE_REASONS: frozenset[str] = frozenset(
-    {"worker_died", "sim_unstable", "episode_timeout"}
+    {"worker_died", "sim_unstable", "episode_timeout", "policy_timeout"}
 )
 
 _INT_COLUMNS = ("task_id", "episode_index", "init_state_index", "seed", "steps")

@@ -64,6 +64,9 @@ class RunConfig:
     progress: bool = True
     #: seconds of env time (reset excluded) one episode may take; None: 120 + 2 per step.
     episode_timeout: float | None = None
+    #: pipelined rollouts (`evalharness.executors`); None: when the policy supports them
+    #: (remote policies), False: lockstep.
+    pipeline: bool | None = None
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:

@@ -128,7 +128,15 @@ class Runner:
             self.config.num_envs,
             self.episode_timeout,
             {key: task.instruction for key, task in self.tasks.items()},
+            pipeline=self.pipelined,
         )
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether episodes roll out pipelined: asked for (by default, when the policy has
+        lanes), supported by the policy, and at least two envs."""
+        wanted = self.config.pipeline if self.config.pipeline is not None else True
+        return wanted and self.policy.pipelines and self.config.num_envs >= 2
 
     def _fields(self) -> dict[str, Any]:
         return recorded_fields(
@@ -182,6 +190,7 @@ class Runner:
                 "policy": self.config.policy,
                 "checkpoint": self.policy.checkpoint,
                 "num_envs": self.config.num_envs,
+                "pipeline": self.pipelined,
                 "episodes_per_task": self.config.protocol.episodes_per_task,
                 "video_episodes": self.config.video_episodes,
                 "exec_horizon": self.env_config.exec_horizon,

@@ -40,6 +40,7 @@ from evalharness.errors import EvalharnessError
 
 __all__ = [
     "PAD_SEED_BASE",
+    "POLICY_TIMEOUT",
     "EpisodeStreams",
     "Policy",
     "PolicyOutputError",
@@ -51,6 +52,9 @@ __all__ = [
 #: episode seeds of the rows the runner adds to pad a batch (``evalharness.batching``) start
 #: here; real episode seeds are < 2**32.
 PAD_SEED_BASE = 2**62
+#: `Policy.failure_reason` of an episode whose policy request outlived its timeout (a remote
+#: policy): a harness fault, so the runner ends that episode alone and leaves it out of rates.
+POLICY_TIMEOUT = "policy_timeout"
 
 T = TypeVar("T")
 
@@ -131,6 +135,20 @@ class Policy(abc.ABC):
         """Why an episode that did not succeed failed, if the policy knows better than the
         runner's "step_limit" (a scripted expert reports an unsupported task); "" otherwise."""
         return ""
+
+    def failure_detail(self, episode_seed: int) -> str:
+        """What went wrong, when `failure_reason` names a harness fault (the timed-out
+        request's URL and limit); "" otherwise."""
+        return ""
+
+    #: True if `pipeline_lanes` gives independent lanes (a remote policy: one connection each).
+    pipelines: bool = False
+
+    def pipeline_lanes(self, n: int) -> list[Policy]:
+        """`n` policies that answer the same as this one, each called in lockstep for its own
+        group of envs (pipelined rollouts: one group steps while another's actions are
+        computed). Only policies with `pipelines` True support it."""
+        raise NotImplementedError(f"policy {self.spec.name!r} has no pipeline lanes")
 
     @abc.abstractmethod
     def act(

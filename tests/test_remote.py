@@ -337,11 +337,67 @@ def test_an_object_dtype_payload_is_refused_and_the_connection_closed(served):
     assert closed.value.rcvd.code == 1003
 
 
-def test_a_reply_slower_than_the_timeout_raises_remote_timeout(served):
+class SlowOnRow(CountingPolicy):
+    """Sleeps `delay` s before answering a batch whose proprio[0] holds `slow_row`."""
+
+    def __init__(self, slow_row: float, delay: float) -> None:
+        super().__init__()
+        self.slow_row, self.slow_delay = slow_row, delay
+
+    def act(self, obs: Mapping[str, Any], tasks: Mapping[str, Sequence[Any] | np.ndarray]):
+        if self.slow_row in np.asarray(obs["proprio"])[:, -1, 0].tolist():
+            time.sleep(self.slow_delay)
+        return super().act(obs, tasks)
+
+
+def test_a_reply_slower_than_the_timeout_raises_remote_timeout_from_the_session(served):
     url = served(CountingPolicy(delay=1.0))
-    remote = load_policy(f"remote:{url}?timeout=0.2")
+    session = OpenpiSession(Endpoint(url, timeout=0.2))
+    observation = {"observation/state": np.zeros(8), "prompt": "p"}
+    observation["observation/image"] = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(RemoteTimeout, match=r"no reply .* within 0.2 s"):
-        remote.act(*_batch([1], [True]))
+        session.infer(observation)
+    assert session.closed
+
+
+def test_a_timed_out_batch_marks_its_episodes_policy_timeout_and_the_next_call_reconnects(served):
+    url = served(SlowOnRow(slow_row=0.0, delay=1.0))
+    remote = load_policy(f"remote:{url}?timeout=0.3")
+    actions = remote.act(*_batch([11], [True]))
+    assert actions.tolist() == np.zeros((1, 3, 7)).tolist()
+    assert remote.failure_reason(11) == "policy_timeout"
+    assert "no reply to a batch of observations within 0.3 s" in remote.failure_detail(11)
+    time.sleep(0.8)  # the server finishes the slow act() before the next request
+    obs, tasks = _batch([12], [True])
+    obs["proprio"][:] = 5.0
+    assert remote.act(obs, tasks)[0, 0, :3].tolist() == [12, 1, 5]
+    assert (remote.failure_reason(12), remote.failure_detail(12)) == ("", "")
+    remote.reset(1)
+    assert remote.failure_reason(11) == ""
+
+
+def test_an_openpi_request_that_times_out_marks_only_its_own_episode(served):
+    url = served(SlowOnRow(slow_row=1.0, delay=1.0), max_batch=1)
+    remote = load_policy(f"remote:{url}?protocol=openpi&action_horizon=3&image_size=8&timeout=0.5")
+    actions = remote.act(*_batch([5, 6], [True, True]))
+    assert actions[0, 0, 2] == 0 and actions[0, 0, 1] == 1
+    assert actions[1].tolist() == np.zeros((3, 7)).tolist()
+    assert [remote.failure_reason(s) for s in (5, 6)] == ["", "policy_timeout"]
+
+
+def test_pipeline_lanes_are_connections_of_their_own_to_the_same_server(served):
+    policy = CountingPolicy()
+    url = served(policy)
+    remote = load_policy(f"remote:{url}")
+    assert remote.pipelines
+    lanes = remote.pipeline_lanes(2)
+    assert lanes[0] is remote and lanes[1] is not remote
+    assert lanes[1].identity == remote.identity
+    # Each lane's calls carry only its own group; the server keeps both groups' episodes.
+    assert lanes[0].act(*_batch([1], [True]))[0, 0, :2].tolist() == [1, 1]
+    assert lanes[1].act(*_batch([2], [True]))[0, 0, :2].tolist() == [2, 1]
+    assert lanes[0].act(*_batch([1], [False]))[0, 0, :2].tolist() == [1, 2]
+    lanes[1].close()
 
 
 def test_an_unreachable_server_is_named_after_the_retries():

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from evalharness.policies.base import Policy, PolicySpec
+from evalharness.policies.base import POLICY_TIMEOUT, Policy, PolicySpec
 from evalharness.policies.common.options import OptionError, option_field, parse_options
 from evalharness.policies.remote import codec
 from evalharness.policies.remote.client import (
@@ -45,6 +45,7 @@ from evalharness.policies.remote.client import (
     EvalharnessSession,
     OpenpiSession,
     RemoteError,
+    RemoteTimeout,
     VlaEvalSession,
 )
 from evalharness.policies.remote.keymap import parse_key_map, wire_observation
@@ -164,6 +165,8 @@ class RemotePolicy(Policy):
 
     #: requests carry exactly the live envs: padding would only cost bandwidth.
     pad_batch = False
+    #: each pipeline lane is a connection of its own (see `pipeline_lanes`).
+    pipelines = True
 
     def __init__(self, url: str, options: RemoteOptions) -> None:
         self.url = url
@@ -175,6 +178,8 @@ class RemotePolicy(Policy):
         self._idle: list[Any] = []
         self._episodes: dict[int, Any] = {}  # episode_seed -> its session (openpi, vla-eval)
         self._pool: ThreadPoolExecutor | None = None
+        #: episode_seed -> why its request timed out: that episode ends as POLICY_TIMEOUT.
+        self._timed_out: dict[int, str] = {}
         first = self._open()
         if options.protocol == "evalharness":
             assert isinstance(first, EvalharnessSession)
@@ -234,6 +239,31 @@ class RemotePolicy(Policy):
         """End every open episode on the server; connections stay open for reuse."""
         for seed in list(self._episodes):
             self._end(seed)
+        self._timed_out.clear()
+
+    def failure_reason(self, episode_seed: int) -> str:
+        """`POLICY_TIMEOUT` for an episode whose request got no reply within the timeout."""
+        return POLICY_TIMEOUT if int(episode_seed) in self._timed_out else ""
+
+    def failure_detail(self, episode_seed: int) -> str:
+        """The timed-out request's error message."""
+        return self._timed_out.get(int(episode_seed), "")
+
+    def pipeline_lanes(self, n: int) -> list[Policy]:
+        """This policy and ``n - 1`` more connections to the same server. A server keeps
+        each connection's episodes apart, so each lane may be called for its own group of
+        envs; a server that now holds another model than this policy's is refused."""
+        lanes: list[Policy] = [self]
+        for _ in range(n - 1):
+            lane = RemotePolicy(self.url, self.options)
+            if lane.identity != self.identity:
+                lane.close()
+                raise RemoteError(
+                    f"policy server {self.url} changed model between connections: "
+                    f"{lane.identity} after {self.identity}"
+                )
+            lanes.append(lane)
+        return lanes
 
     def act(
         self, obs: Mapping[str, np.ndarray], tasks: Mapping[str, Sequence[Any] | np.ndarray]
@@ -279,7 +309,14 @@ class RemotePolicy(Policy):
             "episode_seed": seeds,
             "episode_start": starts,
         }
-        return self._batched.act(wire, tasks)
+        try:
+            return self._batched.act(wire, tasks)
+        except RemoteTimeout as exc:
+            # One request carries the batch: each of its episodes timed out (the session
+            # closed itself; the next call reconnects).
+            for seed in seeds.tolist():
+                self._timed_out[int(seed)] = str(exc)
+            return np.zeros((len(seeds), self.spec.action_horizon, self.spec.action_dim))
 
     # -- openpi / vla-eval: one connection per live episode ----------------------------------
     def _session_for(self, seed: int, start: bool, instruction: str) -> Any:
@@ -339,9 +376,16 @@ class RemotePolicy(Policy):
     ) -> np.ndarray:
         session = self._session_for(seed, start, instruction)
         message = wire_observation(obs, row, instruction, self.keys, self.image_size)
-        reply = (
-            session.infer(message) if isinstance(session, OpenpiSession) else session.act(message)
-        )
+        try:
+            reply = (
+                session.infer(message)
+                if isinstance(session, OpenpiSession)
+                else session.act(message)
+            )
+        except RemoteTimeout as exc:
+            # This episode ends as POLICY_TIMEOUT; its actions are never executed.
+            self._timed_out[seed] = str(exc)
+            return np.zeros((self.spec.action_horizon, self.spec.action_dim))
         return self._chunk(reply)
 
     def _chunk(self, reply: Mapping[str, Any]) -> np.ndarray:
