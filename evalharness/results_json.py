@@ -61,7 +61,12 @@ def _stderr(p: float, n: int) -> float | None:
     return math.sqrt(p * (1.0 - p) / n) if n and not math.isnan(p) else None
 
 
-def _stats(row: Mapping[str, Any]) -> dict[str, Any]:
+def _section(run: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = run.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _stats(row: Mapping[Any, Any]) -> dict[str, Any]:
     n, rate = int(row["episodes"]), float(row["success_rate"])
     return {
         "n": n,
@@ -125,9 +130,7 @@ def results_document(
     run = dict(run or {})
     directory = Path(run_dir) if run_dir is not None else None
     summary = summarize(episodes)
-    protocol = run.get("protocol") if isinstance(run.get("protocol"), dict) else {}
-    config = run.get("config") if isinstance(run.get("config"), dict) else {}
-    versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
+    protocol, config, versions = (_section(run, k) for k in ("protocol", "config", "versions"))
     episodes_per_task = protocol.get("episodes_per_task")
     step_limits = config.get("step_limits") or {}
     if not step_limits and isinstance(protocol.get("max_steps"), dict):
@@ -230,7 +233,7 @@ def results_document(
     total_k = int(counted_all["success"].astype(bool).sum())
     low, high = wilson_interval(total_k, total_n)
     overall_rate = total_k / total_n if total_n else math.nan
-    overall = {
+    overall: dict[str, Any] = {
         "n": total_n,
         "successes": total_k,
         "success_rate": _finite(overall_rate),
@@ -260,7 +263,7 @@ def results_document(
     }
 
     policy = str(run.get("policy", ""))
-    git = run.get("git") if isinstance(run.get("git"), dict) else {}
+    git = _section(run, "git")
     names = list(results) + list(groups)
     return {
         # lm-evaluation-harness

@@ -308,14 +308,14 @@ def leaderboard(runs: Sequence[tuple[str, pd.DataFrame]]) -> tuple[list[str], li
             rows = counted[counted["suite"] == base]
             cells.append(_pct(float(rows["success"].mean())) if len(rows) else "--")
             for suite in columns[base]:
-                row = by_suite.get(suite)
+                paired = by_suite.get(suite)
                 mine = counted[counted["suite"] == suite]
-                if row is None or not len(mine):
+                if paired is None or not len(mine):
                     cells.append("--")
                     continue
                 rate = float(mine["success"].mean())
                 perturbed.append(rate)
-                cells.append(f"{_pct(rate)} ({_signed(float(row['difference']))})")
+                cells.append(f"{_pct(rate)} ({_signed(float(paired['difference']))})")
         cells.append(_pct(sum(perturbed) / len(perturbed)) if perturbed else "--")
         body.append(cells)
     return header, body
