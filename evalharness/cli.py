@@ -143,6 +143,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         "(default: 120 + 2 per step)",
     )
     p.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="split the envs into two groups, one stepping while the other's actions are "
+        "computed (default: on for remote policies, which alone support it; outcomes equal "
+        "lockstep's)",
+    )
+    p.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
@@ -222,6 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         progress_every=args.progress_every,
         episode_timeout=args.episode_timeout,
+        pipeline=args.pipeline,
         executor=args.executor,
         ray_address=args.ray_address,
         ray_envs_per_worker=args.ray_envs_per_worker,
@@ -611,7 +620,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import importlib.util
         import subprocess
+
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError(f"--nproc {args.nproc} launches torchrun, which needs torch")
 
         from evalharness.policies.common.distributed import launch_command
 

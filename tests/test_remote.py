@@ -506,3 +506,53 @@ def test_scripted_served_remotely_gives_the_in_process_outcomes(tmp_path):
     run = json.loads((tmp_path / "remote" / "run.json").read_text())
     assert run["identity"]["policy_identity"]["policy"] == "scripted"
     assert run["config"]["checkpoint"] == f"scripted via {url}"
+    # The remote run was pipelined (two groups of one env, a connection each), the local
+    # one lockstep: the outcomes above are equal all the same.
+    assert run["config"]["pipeline"] is True
+    assert json.loads((tmp_path / "local" / "run.json").read_text())["config"]["pipeline"] is False
+
+
+class SleepsOnOneEpisode(Policy):
+    """The no-op policy, sleeping `delay` s on the first query of one episode seed."""
+
+    def __init__(self, seed: int, delay: float) -> None:
+        self.inner = load_policy("zero?action_horizon=4&exec_horizon=2")
+        self.spec, self.pad_batch = self.inner.spec, False
+        self.seed, self.delay = seed, delay
+
+    def act(self, obs: Mapping[str, Any], tasks: Mapping[str, Sequence[Any] | np.ndarray]):
+        seeds = np.asarray(tasks["episode_seed"]).tolist()
+        starts = dict(zip(seeds, tasks["episode_start"], strict=True))
+        if starts.get(self.seed):
+            time.sleep(self.delay)
+        return self.inner.act(obs, tasks)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_a_timed_out_request_ends_its_episode_as_policy_timeout_and_the_run_goes_on(
+    served, tmp_path
+):
+    from evalharness.api import evaluate
+    from evalharness.protocols import get_protocol
+    from evalharness.scheduling import policy_seed
+
+    slow = policy_seed(get_protocol("openvla").seed, 0, 0)  # task 0, episode 0
+    url = served(SleepsOnOneEpisode(slow, delay=3.0))
+    result = evaluate(
+        f"remote:{url}?timeout=2",
+        "libero_spatial",
+        tasks=[0],
+        episodes_per_task=2,
+        num_envs=2,
+        max_steps=12,
+        out=tmp_path / "run",
+        progress=False,
+    )
+    rows = result.episodes.sort_values("episode_index")
+    assert rows["failure_reason"].tolist() == ["policy_timeout", "step_limit"]
+    assert rows["steps"].tolist() == [0, 12]
+    summary = result.summary.iloc[0]
+    assert (summary["episodes"], summary["excluded"]) == (1, 1)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["pipeline"] is True
