@@ -43,7 +43,7 @@ from evalharness.identity import (
     normalize,
     outcome_versions,
 )
-from evalharness.protocols import complete_legacy_protocol
+from evalharness.protocols import DESCRIPTIVE_FIELDS, complete_legacy_protocol
 from evalharness.results import (
     EpisodeLog,
     ResultsFileError,
@@ -208,7 +208,10 @@ class RunDir:
                 identity
             ):
                 return  # a run from before the stated seeding, with the same scenes
-            fields = differing_fields(recorded, identity) or ["identity_hash"]
+            fields = differing_fields(recorded, identity)
+            if fields and all(_descriptive(f) for f in fields):
+                return  # only the wording of the protocol's description changed
+            fields = [f for f in fields if not _descriptive(f)] or ["identity_hash"]
             if "protocol.seeding" in fields and recorded is not previous["identity"]:
                 raise RunError(_seeding_changed(self.path, recorded, identity))
             details = "; ".join(
@@ -268,6 +271,14 @@ class RunDir:
                 raise ResultsFileError(f"{self.run_json}: not valid JSON ({exc})") from None
             run = loaded if isinstance(loaded, dict) else None
         atomic_write_json(self.results_json, results_document(episodes, run, self.path))
+
+
+def _descriptive(field: str) -> bool:
+    """Whether a dotted identity field is a protocol's description (changes no outcome)."""
+    return any(
+        field == f"protocol.{name}" or field.startswith(f"protocol.{name}.")
+        for name in DESCRIPTIVE_FIELDS
+    )
 
 
 def _complete_legacy_seeding(

@@ -186,3 +186,82 @@ def test_an_env_shows_a_streams_episode_whatever_ran_on_it_before() -> None:
         assert info["scene_replays"] == 0
     finally:
         env.close()
+
+
+# --------------------------------------------------------------------------------------------
+# --resume across the change of seeding
+# --------------------------------------------------------------------------------------------
+
+
+def _identity(protocol: dict) -> dict:
+    from evalharness.identity import normalize
+
+    env = {"suite": "libero_spatial", "camera_size": 256, "max_steps": 220}
+    return dict(
+        normalize({"suite": "libero_spatial", "policy": "zero", "protocol": protocol, "env": env})
+    )
+
+
+def _legacy(name: str) -> dict:
+    """A protocol as run.json recorded it before the presets stated their seeding."""
+    data = get_protocol(name).to_dict()
+    for key in ("seeding", "env_seed", "semantics"):
+        del data[key]
+    data["source"], data["notes"] = "an older wording", "an older note"
+    return data
+
+
+def _run_dir(tmp_path, protocol: dict):
+    import json
+
+    from evalharness.identity import identity_hash
+    from evalharness.run_dir import RunDir
+
+    identity = _identity(protocol)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run.json").write_text(
+        json.dumps({"identity": identity, "identity_hash": identity_hash(identity)})
+    )
+    return RunDir(tmp_path)
+
+
+def test_resuming_a_run_of_the_former_seeding_under_openvla_is_refused_naming_the_change(
+    tmp_path,
+) -> None:
+    from evalharness.errors import RunError
+
+    run_dir = _run_dir(tmp_path, _legacy("openvla"))
+    with pytest.raises(RunError) as excinfo:
+        run_dir.check_resume(_identity(get_protocol("openvla").to_dict()), resume=True)
+    message = str(excinfo.value)
+    assert message.startswith(f"--resume into {tmp_path} refused: the seeding changed. ")
+    assert "former seeding (per_episode: episode i's reset seeded with 7 + i)" in message
+    assert "protocol openvla now seeds task_stream with env seed 0" in message
+    assert (
+        "--seeding per_episode --env-seed 7, or start the new seeding in another --out" in message
+    )
+
+
+def test_the_former_seeding_resumes_when_asked_for_and_per_episode_presets_resume_as_before(
+    tmp_path,
+) -> None:
+    former = get_protocol("openvla").with_overrides(seeding="per_episode", env_seed=7)
+    _run_dir(tmp_path / "openvla", _legacy("openvla")).check_resume(
+        _identity(former.to_dict()), resume=True
+    )
+    # lerobot always seeded per episode: its scenes did not change.
+    _run_dir(tmp_path / "lerobot", _legacy("lerobot")).check_resume(
+        _identity(get_protocol("lerobot").to_dict()), resume=True
+    )
+
+
+def test_a_reworded_description_resumes_but_another_step_limit_does_not(tmp_path) -> None:
+    from evalharness.errors import RunError
+
+    recorded = get_protocol("openpi").to_dict() | {"notes": "older", "semantics": {"reset": "x"}}
+    run_dir = _run_dir(tmp_path, recorded)
+    run_dir.check_resume(_identity(get_protocol("openpi").to_dict()), resume=True)
+    shorter = get_protocol("openpi").with_overrides(max_steps=40)
+    with pytest.raises(RunError, match=r"differs in protocol\.max_steps\.libero_10, ") as excinfo:
+        run_dir.check_resume(_identity(shorter.to_dict()), resume=True)
+    assert "semantics" not in str(excinfo.value) and "notes" not in str(excinfo.value)
