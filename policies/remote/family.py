@@ -16,16 +16,16 @@ _PORT: list[int] = []
 
 
 def example(fixtures: Path) -> PolicyExample:
-    """The no-op policy served by an in-process `evalharness serve` on a free port (started once,
-    on a daemon thread), reached through ``remote:``."""
+    """The no-op policy served by the family's `MiniServer` (evalharness's batched protocol) on
+    a free port (started once, on a daemon thread), reached through ``remote:``; the family
+    imports nothing above `policies/` (`evalharness serve` is tested in tests/test_serve.py)."""
     if not _PORT:
         from evalharness.policies.registry import load_policy
-        from evalharness.serve import PolicyServer, ServeConfig
+        from evalharness.policies.remote.mini_server import MiniServer
 
-        server = PolicyServer(ServeConfig(policy=SERVED, port=0), load_policy(SERVED))
-        _PORT.append(server.start())
+        _PORT.append(MiniServer(load_policy(SERVED), SERVED).port)
     return PolicyExample(
-        f"remote:ws://127.0.0.1:{_PORT[0]}", model="no-op policy via evalharness serve"
+        f"remote:ws://127.0.0.1:{_PORT[0]}", model="no-op policy via the family's MiniServer"
     )
 
 
