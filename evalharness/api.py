@@ -131,8 +131,10 @@ class EvalResult:
 
     @property
     def success_rate(self) -> float:
-        """The suite's success rate over every recorded episode (harness failures excluded)."""
-        row = self.summary[self.summary["level"] == "suite"]
+        """The suite's success rate over every recorded episode (harness failures excluded);
+        for several suites the average of their rates (the summary's average row)."""
+        levels = self.summary["level"]
+        row = self.summary[levels == ("average" if (levels == "average").any() else "suite")]
         return float(row["success_rate"].iloc[0]) if len(row) else float("nan")
 
     def table(self) -> str:
