@@ -1,25 +1,35 @@
 """Training steps/s per policy family at a fixed small batch, on a tiny synthetic dataset.
 
     python benchmarks/finetune_throughput.py [--families NAME,...] [--batch-size 8] [--steps 20]
+        [--parallel 1,2]
 
 The families are the registered ones that can be finetuned (their entry names a trainer);
 each starts from its contract example's checkpoint (``PolicyExample.finetune``, the tiny
 upstream fixtures) and reads the data with the example's dataset-spec preset, in ``head_only``
 and ``full`` mode, on CUDA where the family takes ``?device=`` and a GPU is present. The driver
 times ``Trainer.train_step`` after a warm-up (compilation) step.
+
+``--parallel 1,2`` also measures each family data parallel (`evalharness.policies.common.
+distributed`): a torch family on N torchrun ranks (gloo on CPU, NCCL on GPUs), a JAX family on
+N devices (on a CPU, N host devices: ``--xla_force_host_platform_device_count``). The batch
+size is the global one, so steps/s compare directly; each N runs in its own processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from evalharness.data import write_tiny_libero_hdf5
-from evalharness.finetune import FinetuneConfig, FinetuneOptions, build_trainer
+from evalharness.finetune import FinetuneConfig, FinetuneOptions, _skip_batches, build_trainer
+from evalharness.policies.common import distributed
 from evalharness.policies.registry import PolicyFamily, families
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -36,25 +46,21 @@ def _time_trainer(
         options=FinetuneOptions(mode=mode, steps=args.steps, batch_size=args.batch_size),
         progress=False,
     )
+    shard = distributed.current()
     t0 = time.perf_counter()
     trainer, dataset = build_trainer(config)
     build = time.perf_counter() - t0
-    request = trainer.data
-    batches = dataset.batches(
-        request.window_size,
-        request.action_horizon,
-        args.batch_size,
-        seed=0,
-        normalization=request.normalization,
-        action_dim=request.action_dim,
-    )
+    # The driver's stream: under torchrun each rank builds its rows of the global batch.
+    batches = _skip_batches(dataset, trainer.data, config.options, 0, shard)
     t0 = time.perf_counter()
     trainer.train_step(next(batches))  # compiles
     compile_s = time.perf_counter() - t0
     ready = [next(batches) for _ in range(args.steps)]
+    shard.barrier()
     t0 = time.perf_counter()
     for batch in ready:
         trainer.train_step(batch)
+    shard.barrier()
     elapsed = time.perf_counter() - t0
     return {
         "mode": mode,
@@ -99,6 +105,41 @@ def bench_family(
     return rows
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def parallel_rows(family: PolicyFamily, count: int, args: argparse.Namespace) -> list[dict]:
+    """Rows of ``family`` trained on ``count`` torchrun ranks (torch) or devices (JAX), each
+    measured by this script in child processes; rank 0 prints them."""
+    command = [__file__, "--families", family.name, "--parallel", "1", "--json"]
+    command += ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    command += ["--fixtures", str(args.fixtures)]
+    env = dict(os.environ)
+    if "jax" in family.requires:
+        flags = env.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+        launch = [sys.executable, *command]
+        unit = "devices"
+    else:
+        launch = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={count}", *command,
+        ]  # fmt: skip
+        unit = "processes"
+    done = subprocess.run(launch, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{family.name} on {count} {unit} failed:\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    for row in rows:
+        row["parallel"] = f"{count} {unit}"
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     trainable = {name: f for name, f in families().items() if f.trainer is not None}
@@ -106,25 +147,42 @@ def main() -> None:
     parser.add_argument("--fixtures", type=Path, default=FIXTURES)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--parallel", default="1", help="process / device counts to measure, e.g. 1,2"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per result")
     args = parser.parse_args()
+    # Under torchrun (a --parallel child) this process is one rank: NCCL where GPUs train.
+    shard = distributed.init_from_env("cuda" if _cuda() else "cpu")
     data = write_tiny_libero_hdf5(
         Path(tempfile.mkdtemp()) / "tiny_demo.hdf5", num_demos=4, steps=16, image_size=32
     )
+    counts = [int(c) for c in args.parallel.split(",")]
     for family in args.families.split(","):
         if family not in trainable:
             raise SystemExit(f"no trainer for {family!r}; families: {', '.join(trainable)}")
-        for row in bench_family(trainable[family], data, args):
+        rows: list[dict[str, Any]] = []
+        for count in counts:
+            if count == 1:
+                rows += [
+                    {"parallel": "1", **row} for row in bench_family(trainable[family], data, args)
+                ]
+            else:
+                rows += parallel_rows(trainable[family], count, args)
+        if not shard.is_main:
+            continue
+        for row in rows:
             row = {"family": family, **row}
             if args.json:
-                print(json.dumps(row))
+                print(json.dumps(row), flush=True)
             else:
                 print(
-                    f"{family:9} {row['mode']:10} batch {row['batch_size']:3}  "
-                    f"{row['steps_per_s']:8.2f} steps/s  {row['samples_per_s']:8.1f} samples/s  "
-                    f"(build {row['build_s']} s, first step {row['first_step_s']} s, "
-                    f"{row.get('device', '?')})"
+                    f"{family:9} {row['mode']:10} batch {row['batch_size']:3} "
+                    f"x{row['parallel']:12} {row['steps_per_s']:8.2f} steps/s  "
+                    f"{row['samples_per_s']:8.1f} samples/s  (build {row['build_s']} s, first "
+                    f"step {row['first_step_s']} s, {row.get('device', '?')})"
                 )
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -431,7 +431,10 @@ def run_finetune(
     and progress shown as `evaluate` shows it (what `finetune` and the command line call)."""
     from evalharness.finetune import FINETUNE_JSON, TRAIN_LOG
     from evalharness.finetune import finetune as finetune_loop
+    from evalharness.policies.common.distributed import launched_rank
 
+    if launched_rank() != 0:  # under torchrun rank 0 alone shows progress and logs to trackers
+        return finetune_loop(dataclasses.replace(config, progress=False))
     logs.ensure_handler()
     display = progress_view.mode(config.progress)
     config = dataclasses.replace(config, progress=display == "bar")

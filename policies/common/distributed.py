@@ -41,6 +41,7 @@ __all__ = [
     "current",
     "init_from_env",
     "launch_command",
+    "launched_rank",
     "shutdown",
     "wrap_ddp",
 ]
@@ -104,6 +105,12 @@ class Shard:
 
 
 _CURRENT = Shard()
+
+
+def launched_rank() -> int:
+    """The rank torchrun gave this process (``RANK``; 0 without torchrun), readable before
+    the process group exists: callers that only rank 0 should run (trackers) check it."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def current() -> Shard:

@@ -17,6 +17,10 @@ robomimic's ``DiffusionPolicyUNet.train_on_batch`` on evalharness data::
                   matrices/kernels only (not biases or norms), gradients clipped to
                   ``clip_gradient`` (upstream's ``max_grad_norm`` is null by default; the driver's
                   contract wins)
+    data parallel: under torchrun each rank trains its rows of the global batch inside
+                  DistributedDataParallel, crops/noise/times drawn for the global batch
+                  (`evalharness.policies.common.distributed`); the EMA follows the
+                  parameters, so it is the same on every rank
     EMA:          diffusers 0.11.1 ``EMAModel`` as robomimic uses it: decay
                   ``1 - (1 + k)^-power`` with ``k = max(0, step - 1)``, 0 for the first two
                   updates, capped at 0.9999, ``power`` from ``config.algo.ema.power`` (0.75 in
@@ -103,6 +107,7 @@ import torch
 import torch.nn.functional as F
 
 from evalharness.envs.rotations import rotate180
+from evalharness.policies.common import distributed
 from evalharness.policies.common.compat import CheckpointError, CompatibilityReport
 from evalharness.policies.common.finetune import (
     DataRequest,
@@ -282,6 +287,8 @@ class DiffusionTrainer:
     """A diffusion policy being finetuned; implements ``evalharness.finetune.Trainer``."""
 
     family = "diffusion"
+    #: Data parallel under torchrun (`evalharness.policies.common.distributed`).
+    data_parallel = "torchrun"
     #: ``prepare_batch`` turns frames to what the adapter shows (``keymap.STANDARD_SOURCES``)
     #: from the env's upright frames, so evaluation passes frames upright whatever the spec.
     input_orientation = "upright"
@@ -327,7 +334,8 @@ class DiffusionTrainer:
         )
         key = config.action_keys[0]
         assert key.scale is not None and key.offset is not None
-        self.device = torch.device(device)
+        self.shard = distributed.current()
+        self.device = torch.device(distributed.device_for(device, self.shard))
         nets.to(self.device)
         self.scale = torch.tensor(key.scale, dtype=torch.float32, device=self.device)
         self.offset = torch.tensor(key.offset, dtype=torch.float32, device=self.device)
@@ -349,6 +357,8 @@ class DiffusionTrainer:
             lr=0.0,
         )
         self.generator = torch.Generator().manual_seed(int(options.seed))
+        # After freezing: DDP averages the gradients of the parameters that require them.
+        self._loss = distributed.wrap_ddp(_DiffusionLoss(self), self.shard)
         self.step = 0
         self.ema_step = 0
 
@@ -371,7 +381,7 @@ class DiffusionTrainer:
         self.nets.train()
         if self.mode == "head_only":  # frozen means frozen: BatchNorm statistics included
             self.nets.obs_encoder.eval()
-        loss = self.loss(obs, actions, self.generator)
+        loss = self._loss(obs, actions, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.nets.parameters() if p.requires_grad]
@@ -379,7 +389,11 @@ class DiffusionTrainer:
         self.optimizer.step()
         self._ema_update()
         self.step += 1
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "learning_rate": lr}
+        return {
+            "loss": self.shard.mean(float(loss.detach())),
+            "grad_norm": float(grad_norm),
+            "learning_rate": lr,
+        }
 
     def save(self, directory: str | Path, step: int) -> Path:
         """Write ``directory/model.pth`` (robomimic layout) atomically; returns it."""
@@ -428,20 +442,27 @@ class DiffusionTrainer:
         actions: torch.Tensor,
         generator: torch.Generator,
         nets: DiffusionPolicyNets | None = None,
+        shard: distributed.Shard | None = None,
     ) -> torch.Tensor:
-        """robomimic ``train_on_batch``: MSE between predicted and drawn noise."""
+        """robomimic ``train_on_batch``: MSE between predicted and drawn noise.
+
+        With several ranks (``shard``) the batch is this rank's rows of the global batch:
+        crops, noise and times are drawn for the global batch and this rank keeps its rows."""
+        shard = shard or distributed.Shard()
         nets = self.nets if nets is None else nets
         if self.mode == "head_only" and nets is self.nets:
             with torch.no_grad():
-                cond = self.encode(nets, obs, generator)
+                cond = self.encode(nets, obs, generator, shard)
         else:
-            cond = self.encode(nets, obs, generator)
-        batch = actions.shape[0]
+            cond = self.encode(nets, obs, generator, shard)
+        batch = actions.shape[0] * shard.world
         # Drawn on the CPU generator (seeded, device-independent), then moved.
-        noise = torch.randn(actions.shape, generator=generator).to(self.device)
+        noise = shard.take(torch.randn((batch, *actions.shape[1:]), generator=generator))
+        noise = noise.to(self.device)
         steps = torch.randint(
             0, self.config.scheduler.num_train_timesteps, (batch,), generator=generator
         )
+        steps = shard.take(steps)
         alpha = self.scheduler.alphas_cumprod[steps][:, None, None].to(self.device)
         steps = steps.to(self.device)
         noisy = alpha.sqrt() * actions + (1 - alpha).sqrt() * noise
@@ -461,6 +482,7 @@ class DiffusionTrainer:
         nets: DiffusionPolicyNets,
         obs: Mapping[str, torch.Tensor],
         generator: torch.Generator | None,
+        shard: distributed.Shard | None = None,
     ) -> torch.Tensor:
         """(B, To, ...) per key → (B, To·D), with robomimic's training-time random crops."""
         group = nets.obs_encoder
@@ -474,7 +496,7 @@ class DiffusionTrainer:
                 core = cast(VisualCore, encoder.obs_nets[key])
                 crop = core.spec.crop
                 if crop is not None and self.random_crop and generator is not None:
-                    x = core.nets(_random_crop(x, crop, generator))
+                    x = core.nets(_random_crop(x, crop, generator, shard))
                     x = encoder.activation(x.reshape(x.shape[0], -1))
                 else:
                     x = encoder.activation(core(x))
@@ -564,18 +586,40 @@ class DiffusionTrainer:
         return out
 
 
+class _DiffusionLoss(torch.nn.Module):
+    """The trainer's nets with its loss as their forward, so DistributedDataParallel can wrap
+    them (the EMA copy stays outside: it follows the parameters, equal on every rank)."""
+
+    def __init__(self, trainer: DiffusionTrainer) -> None:
+        super().__init__()
+        self.nets = trainer.nets
+        self.trainer = [trainer]  # a list: not a submodule, not a parameter owner
+
+    def forward(
+        self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        trainer = self.trainer[0]
+        return trainer.loss(obs, actions, generator, shard=trainer.shard)
+
+
 def _detached(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def _random_crop(
-    images: torch.Tensor, crop: tuple[int, int], generator: torch.Generator
+    images: torch.Tensor,
+    crop: tuple[int, int],
+    generator: torch.Generator,
+    shard: distributed.Shard | None = None,
 ) -> torch.Tensor:
-    """robomimic ``CropRandomizer`` in training: one random crop per image (N, C, H, W)."""
+    """robomimic ``CropRandomizer`` in training: one random crop per image (N, C, H, W);
+    with several ranks, offsets are drawn for the global batch and this rank keeps its rows."""
+    shard = shard or distributed.Shard()
     th, tw = crop
     n, _, h, w = images.shape
-    tops = torch.randint(0, h - th + 1, (n,), generator=generator).tolist()
-    lefts = torch.randint(0, w - tw + 1, (n,), generator=generator).tolist()
+    tops = shard.take(torch.randint(0, h - th + 1, (n * shard.world,), generator=generator))
+    lefts = shard.take(torch.randint(0, w - tw + 1, (n * shard.world,), generator=generator))
+    tops, lefts = tops.tolist(), lefts.tolist()
     return torch.stack(
         [
             images[i, :, t : t + th, s : s + tw]
