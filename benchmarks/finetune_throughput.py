@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evalharness.data import write_tiny_libero_hdf5
-from evalharness.finetune import FinetuneConfig, FinetuneOptions, _skip_batches, build_trainer
+from evalharness.finetune import FinetuneConfig, FinetuneOptions, training_batches, build_trainer
 from evalharness.policies.common import distributed
 from evalharness.policies.registry import PolicyFamily, families
 
@@ -51,7 +51,7 @@ def _time_trainer(
     trainer, dataset = build_trainer(config)
     build = time.perf_counter() - t0
     # The driver's stream: under torchrun each rank builds its rows of the global batch.
-    batches = _skip_batches(dataset, trainer.data, config.options, 0, shard)
+    batches = training_batches(dataset, trainer.data, config.options, 0, shard)
     t0 = time.perf_counter()
     trainer.train_step(next(batches))  # compiles
     compile_s = time.perf_counter() - t0

@@ -316,16 +316,17 @@ def _truncate_log(path: Path, step: int) -> None:
         csv.writer(f).writerows(kept)
 
 
-def _skip_batches(
+def training_batches(
     dataset: Dataset,
     request: DataRequest,
     options: FinetuneOptions,
-    skip: int,
+    skip: int = 0,
     shard: distributed.Shard | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The batch stream from the start, fast-forwarded by ``skip`` batches without building
-    them, so a resumed run sees exactly the batches an uninterrupted one would. With several
-    ranks (``shard``) each builds only its rows of every global batch."""
+    """The batches the driver feeds ``trainer.train_step`` (``request`` is ``trainer.data``):
+    from the start, fast-forwarded by ``skip`` batches without building them, so a resumed run
+    sees exactly the batches an uninterrupted one would. With several ranks (``shard``) each
+    builds only its rows of every global batch."""
     shard = shard or distributed.Shard()
     rows = shard.rows(options.batch_size)
     sampler = dataset.sampler(
@@ -457,7 +458,7 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     if shard.is_main:
         (out / FINETUNE_JSON).write_text(json.dumps(info, indent=2) + "\n")
 
-    batches = _skip_batches(dataset, trainer.data, options, start, shard)
+    batches = training_batches(dataset, trainer.data, options, start, shard)
     new_log = not log_path.is_file()
     losses: list[float] = []
     step = start

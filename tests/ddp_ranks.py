@@ -22,12 +22,12 @@ def free_port() -> int:
 
 def train(config: Any, steps: int) -> dict[str, Any]:
     """``steps`` driver-fed steps of ``config``'s trainer on this rank: losses and state."""
-    from evalharness.finetune import _skip_batches, build_trainer
+    from evalharness.finetune import training_batches, build_trainer
     from evalharness.policies.common import distributed
 
     shard = distributed.current()
     trainer, dataset = build_trainer(config)
-    batches = _skip_batches(dataset, trainer.data, config.options, 0, shard)
+    batches = training_batches(dataset, trainer.data, config.options, 0, shard)
     losses = [float(trainer.train_step(next(batches))["loss"]) for _ in range(steps)]
     return {"losses": losses, "state": trainer.state_dict()}
 

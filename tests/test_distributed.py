@@ -201,14 +201,14 @@ _JAX_SCRIPT = """
 import json, sys
 from pathlib import Path
 import jax
-from evalharness.finetune import FinetuneConfig, FinetuneOptions, _skip_batches, build_trainer
+from evalharness.finetune import FinetuneConfig, FinetuneOptions, training_batches, build_trainer
 config = FinetuneConfig(
     policy=sys.argv[1], data=sys.argv[2], out_dir=Path(sys.argv[3]),
     options=FinetuneOptions(mode="head_only", steps=10, batch_size=8, seed=0, warmup_steps=2),
     progress=False,
 )
 trainer, dataset = build_trainer(config)
-batches = _skip_batches(dataset, trainer.data, config.options, 0)
+batches = training_batches(dataset, trainer.data, config.options, 0)
 losses = [trainer.train_step(next(batches))["loss"] for _ in range(10)]
 leaves = jax.tree.leaves(trainer.state)
 replicated = all(
