@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evalharness.data import write_tiny_libero_hdf5
-from evalharness.finetune import FinetuneConfig, FinetuneOptions, training_batches, build_trainer
+from evalharness.finetune import FinetuneConfig, FinetuneOptions, build_trainer, training_batches
 from evalharness.policies.common import distributed
 from evalharness.policies.registry import PolicyFamily, families
 

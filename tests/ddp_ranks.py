@@ -22,7 +22,7 @@ def free_port() -> int:
 
 def train(config: Any, steps: int) -> dict[str, Any]:
     """``steps`` driver-fed steps of ``config``'s trainer on this rank: losses and state."""
-    from evalharness.finetune import training_batches, build_trainer
+    from evalharness.finetune import build_trainer, training_batches
     from evalharness.policies.common import distributed
 
     shard = distributed.current()
