@@ -506,8 +506,11 @@ class PolicyServer:
             compression=None,
             max_size=self.config.max_message_bytes,
             # act() runs on its own thread, so the loop always answers pings; a ping every
-            # 20 s still finds clients that vanished without closing.
+            # 20 s still finds clients that vanished without closing. The pong may wait on a
+            # client whose machine is saturated (a simulator on every core, GIL-bound envs),
+            # which is busy, not gone: 20 s (the default) closed such runs with code 1011.
             ping_interval=20,
+            ping_timeout=120,
         ) as server:
             self.port = int(next(iter(server.sockets)).getsockname()[1])
             self._ready.set()
