@@ -548,13 +548,28 @@ def scene_differences(a: RunResult, b: RunResult) -> pd.DataFrame:
     return differ.sort_values(list(PAIR_KEY)).reset_index(drop=True)
 
 
+def _ranges(indices: Sequence[int]) -> list[str]:
+    """[0, 1, 2, 5, 7, 8] -> ["0-2", "5", "7-8"]."""
+    out: list[str] = []
+    start = prev = indices[0]
+    for i in [*indices[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return out
+
+
 def _episode_list(differ: pd.DataFrame) -> str:
     parts = []
     for (suite, task_id), group in differ.groupby(["suite", "task_id"], sort=True):
-        episodes = [str(int(e)) for e in group["episode_index"]]
-        shown = ", ".join(episodes[:_NAMED_EPISODES])
-        if len(episodes) > _NAMED_EPISODES:
-            shown += f" and {len(episodes) - _NAMED_EPISODES} more"
+        episodes = [int(e) for e in group["episode_index"]]
+        spans = _ranges(episodes)
+        shown = ", ".join(spans[:_NAMED_EPISODES])
+        if len(spans) > _NAMED_EPISODES:
+            shown += f" and {len(spans) - _NAMED_EPISODES} more"
         plural = "s" if len(episodes) > 1 else ""
         parts.append(f"{suite} task {task_id} episode{plural} {shown}")
     return "; ".join(parts)

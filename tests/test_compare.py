@@ -337,7 +337,10 @@ def test_differing_scenes_under_another_mujoco_are_reported_as_drift(tmp_path):
         fingerprints=_scenes((5,), 2, changed={(5, 0), (5, 1)}),
     )
     (warning,) = scene_warnings(load_runs([a, b]))
-    assert warning.startswith("2 of 2 paired episodes of a and b saw different scenes")
+    assert warning.startswith(
+        "2 of 2 paired episodes of a and b saw different scenes (scene fingerprints differ): "
+        "libero_spatial task 5 episodes 0-1; "
+    )
     assert "the simulator versions differ (mujoco 3.3.2 vs 3.4.0): objects settle " in warning
     assert "so this is drift" in warning
 
