@@ -253,9 +253,7 @@ def cmd_suites(args: argparse.Namespace) -> int:
         return _print_fingerprints(args, names)
     if args.audit:
         audit_tasks = parse_task_ids(args.audit_tasks) if args.audit_tasks else None
-        targets = names or [
-            a.suite for a in catalogue.catalogue() if not a.static_problem and a.axis is not None
-        ]
+        targets = names or [a.suite for a in catalogue.catalogue() if not a.static_problem]
         for suite in targets:
             catalogue.sim_audit(
                 suite, audit_tasks, progress=lambda line: print(line, file=sys.stderr)
