@@ -1,6 +1,7 @@
 """What a remote policy costs on top of its model: encoding and round trips over localhost.
 
-Two measurements, both against the no-op policy (``NO_OP_POLICY``) so that the model costs nothing:
+Three measurements, against the no-op policy (``NO_OP_POLICY``) so that the model costs nothing
+(the third makes it cost as much as an env step):
 
 - serialization: pack + unpack of one openpi request (two 256² uint8 frames, an 8-float
   state and a prompt) and of its reply (a 10×7 chunk), in the openpi flavour of the codec;
@@ -8,23 +9,36 @@ Two measurements, both against the no-op policy (``NO_OP_POLICY``) so that the m
   protocol, for batches of 1 and 8 observations (openpi opens one connection per episode
   and sends the batch's requests concurrently; evalharness sends the batch at once).
 
-    python benchmarks/remote.py              # 200 repetitions
-    python benchmarks/remote.py --repeat 50
+- pipelining: env steps/s of `evaluate` (libero_spatial task 0, one episode per env, 128 px
+  renders of both cameras) with a remote policy whose every `act()` sleeps as long as one env
+  step takes here (measured first, in-process), lockstep and pipelined, at 2 and 4 envs.
 
-Pipelined rollouts (one half of the envs stepping while the other half's actions are
-computed) are not implemented yet, so their speed-up is not measured here.
+Pipelining overlaps one group's stepping with the other group's inference. With as many envs
+as cores, lockstep already steps every env at once, so two groups of half the envs give the
+same rate (each env still waits for its own actions); the gain comes from running twice the
+envs on the same cores: a group of N/2 steps while the other's actions are computed, so the
+cores stay busy during inference (ideally 2x over lockstep with N/2 envs, 1.5x over lockstep
+with N envs that take turns on the cores).
+
+    python benchmarks/remote.py              # 200 repetitions, pipelining with 60-step episodes
+    python benchmarks/remote.py --repeat 50 --steps 30
+    python benchmarks/remote.py --skip-pipelining
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evalharness.policies import load_policy
+from evalharness.policies.base import Policy
 from evalharness.policies.registry import NO_OP_POLICY
 from evalharness.policies.remote import codec
 from evalharness.serve import PolicyServer, ServeConfig
@@ -98,11 +112,75 @@ def round_trips(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
+class SlowPolicy(Policy):
+    """The no-op policy, each `act()` taking `delay` seconds (a model as slow as an env step)."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = load_policy(NO_OP_POLICY)
+        self.spec, self.pad_batch, self.delay = self.inner.spec, False, delay
+
+    def act(self, obs: Mapping[str, Any], tasks: Mapping[str, Sequence[Any] | np.ndarray]):
+        time.sleep(self.delay)
+        return self.inner.act(obs, tasks)
+
+
+def _steps_per_s(policy: str, num_envs: int, steps: int, out: Path, **kw: Any) -> float:
+    from evalharness.api import evaluate
+
+    result = evaluate(
+        policy,
+        "libero_spatial",
+        tasks=[0],
+        episodes_per_task=num_envs,
+        num_envs=num_envs,
+        max_steps=steps,
+        out=out,
+        progress=False,
+        episode_timeout=3600.0,  # a loaded machine is slow, not broken
+        **kw,
+    )
+    return float(result.run["env_steps_per_s"])
+
+
+def pipelining(steps: int) -> dict[str, Any]:
+    """Env steps/s, lockstep and pipelined, against a server as slow as an env step."""
+    tmp = Path(tempfile.mkdtemp(prefix="remote-bench-"))
+    local = _steps_per_s(NO_OP_POLICY, 2, steps, tmp / "local")
+    step_s = 2 / local  # two envs step at once on two cores
+    server = PolicyServer(ServeConfig(policy="slow", port=0), SlowPolicy(step_s))
+    url = f"remote:ws://127.0.0.1:{server.start()}"
+    figures: dict[str, Any] = {
+        "in_process_2_envs_steps_per_s": round(local, 2),
+        "env_step_s": round(step_s, 4),
+        "server_act_s": round(step_s, 4),
+    }
+    try:
+        for n in (2, 4):
+            for pipeline in (False, True):
+                name = f"{'pipelined' if pipeline else 'lockstep'}_{n}_envs_steps_per_s"
+                rate = _steps_per_s(url, n, steps, tmp / name, pipeline=pipeline)
+                figures[name] = round(rate, 2)
+    finally:
+        server.stop()
+    pipelined = figures["pipelined_4_envs_steps_per_s"]
+    for n in (2, 4):
+        lockstep = figures[f"lockstep_{n}_envs_steps_per_s"]
+        figures[f"pipelined_4_over_lockstep_{n}"] = round(pipelined / lockstep, 2)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=60, help="episode length when pipelining")
+    parser.add_argument("--skip-pipelining", action="store_true")
     args = parser.parse_args()
-    figures = {"serialization": serialization(args.repeat), "round_trip": round_trips(args.repeat)}
+    figures: dict[str, Any] = {
+        "serialization": serialization(args.repeat),
+        "round_trip": round_trips(args.repeat),
+    }
+    if not args.skip_pipelining:
+        figures["pipelining"] = pipelining(args.steps)
     print(json.dumps(figures, indent=2))
 
 
