@@ -350,12 +350,21 @@ def sim_audit(
     progress: Callable[[str], None] | None = None,
 ) -> SuiteAudit:
     """The static audit, then (if its files are complete) build, reset, render and step each
-    task of `task_ids` (default: all); the result is cached (`cache_path`)."""
+    task of `task_ids` (default: all); the result, with the cached results of tasks not
+    rebuilt now, is cached (`cache_path`)."""
     audit = static_audit(suite)
     if audit.static_problem:
         save_audits([audit])
         return audit
     wanted = set(range(len(audit.tasks)) if task_ids is None else task_ids)
+    # Tasks built by an earlier audit of this stack and not rebuilt now keep their results.
+    previous = load_cache().get(suite)
+    if previous is not None:
+        kept = {t.task_id: t for t in previous.tasks if t.builds is not None}
+        audit.tasks = [
+            kept[t.task_id] if t.task_id in kept and t.task_id not in wanted else t
+            for t in audit.tasks
+        ]
     for entry in audit.tasks:
         if entry.task_id not in wanted:
             continue
