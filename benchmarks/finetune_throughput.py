@@ -12,7 +12,9 @@ times ``Trainer.train_step`` after a warm-up (compilation) step.
 ``--parallel 1,2`` also measures each family data parallel (`evalharness.policies.common.
 distributed`): a torch family on N torchrun ranks (gloo on CPU, NCCL on GPUs), a JAX family on
 N devices (on a CPU, N host devices: ``--xla_force_host_platform_device_count``). The batch
-size is the global one, so steps/s compare directly; each N runs in its own processes.
+size is the global one, so steps/s compare directly. Each N, 1 included, runs in fresh child
+processes started the same way (every torch rank with one intra-op thread unless
+``OMP_NUM_THREADS`` says otherwise), so the counts compare under the same threading.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def _cuda() -> bool:
 def parallel_rows(family: PolicyFamily, count: int, args: argparse.Namespace) -> list[dict]:
     """Rows of ``family`` trained on ``count`` torchrun ranks (torch) or devices (JAX), each
     measured by this script in child processes; rank 0 prints them."""
-    command = [__file__, "--families", family.name, "--parallel", "1", "--json"]
+    command = [__file__, "--families", family.name, "--measure-here", "--json"]
     command += ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     command += ["--fixtures", str(args.fixtures)]
     env = dict(os.environ)
@@ -126,6 +128,10 @@ def parallel_rows(family: PolicyFamily, count: int, args: argparse.Namespace) ->
         launch = [sys.executable, *command]
         unit = "devices"
     else:
+        # One intra-op thread per rank whatever N (torchrun's default for N > 1 only): N
+        # processes then use N cores, and 1 process is not slowed by spinning thread pools
+        # on a busy machine.
+        env.setdefault("OMP_NUM_THREADS", "1")
         launch = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={count}", *command,
@@ -151,6 +157,8 @@ def main() -> None:
         "--parallel", default="1", help="process / device counts to measure, e.g. 1,2"
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per result")
+    # Set on the child processes --parallel starts: measure in this process (or rank).
+    parser.add_argument("--measure-here", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # Under torchrun (a --parallel child) this process is one rank: NCCL where GPUs train.
     shard = distributed.init_from_env("cuda" if _cuda() else "cpu")
@@ -163,7 +171,7 @@ def main() -> None:
             raise SystemExit(f"no trainer for {family!r}; families: {', '.join(trainable)}")
         rows: list[dict[str, Any]] = []
         for count in counts:
-            if count == 1:
+            if args.measure_here or counts == [1]:
                 rows += [
                     {"parallel": "1", **row} for row in bench_family(trainable[family], data, args)
                 ]
