@@ -245,6 +245,7 @@ def evaluate(
     from evalharness.protocols import Protocol, get_protocol
     from evalharness.results import read_episodes
     from evalharness.run_config import RunConfig
+    from evalharness.run_dir import EPISODES_CSV, RUN_JSON, VIDEOS_DIR
     from evalharness.runner import Runner
 
     if progress_every < 1:
@@ -324,20 +325,20 @@ def evaluate(
         job_type="eval",
     ) as tracker:
         with (
-            tracking.follow_episodes(tracker, run_dir / "episodes.csv", total),
+            tracking.follow_episodes(tracker, run_dir / EPISODES_CSV, total),
             progress_view.follow_episodes(
-                run_dir / "episodes.csv", total, display, every=progress_every
+                run_dir / EPISODES_CSV, total, display, every=progress_every
             ),
         ):
             summary = runner.run()
-        info = json.loads((run_dir / "run.json").read_text())
-        episodes = read_episodes(run_dir / "episodes.csv")
+        info = json.loads((run_dir / RUN_JSON).read_text())
+        episodes = read_episodes(run_dir / EPISODES_CSV)
         tracker.update_config(
             {k: info.get(k) for k in ("identity_hash", "versions", "git", "render_backend")}
             | {"checkpoint_hub": (info.get("identity") or {}).get("checkpoint_hub")}
         )
         tracker.log_tables(summary, episodes)
-        tracker.log_videos(sorted((run_dir / "videos").rglob("*.mp4")))
+        tracker.log_videos(sorted((run_dir / VIDEOS_DIR).rglob("*.mp4")))
     return EvalResult(
         summary=summary,
         episodes=episodes,

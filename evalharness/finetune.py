@@ -94,6 +94,7 @@ from evalharness.data.dataset import Dataset
 from evalharness.policies.common import distributed, hub
 from evalharness.policies.common.finetune import DataRequest, FinetuneError
 from evalharness.policies.registry import EVALUATION_ORIENTATION
+from evalharness.run_dir import TRAIN_LOG_CSV
 
 __all__ = [
     "DataRequest",
@@ -111,7 +112,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAIN_LOG = "train_log.csv"
+TRAIN_LOG = TRAIN_LOG_CSV
 TRAIN_LOG_COLUMNS = ("step", "loss", "learning_rate", "grad_norm", "time_s")
 REPORT_JSON = "compatibility_report.json"
 SPEC_JSON = "dataset_spec.json"
@@ -579,7 +580,7 @@ def record_finetune_in_run(run_dir: Path, result: FinetuneResult) -> None:
     (``finetune.checkpoint``, ``finetune.train_log``), where dashboards look for it
     (``evalharness.compare.find_train_log``). A copy, not a link: a copied run keeps it."""
     from evalharness.results import atomic_write_json
-    from evalharness.run_dir import RUN_JSON, TRAIN_LOG_CSV
+    from evalharness.run_dir import RUN_JSON
 
     run_dir = Path(run_dir)
     shutil.copyfile(result.train_log, run_dir / TRAIN_LOG_CSV)

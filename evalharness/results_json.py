@@ -39,6 +39,7 @@ import pandas as pd
 from evalharness import __version__
 from evalharness.envs.suites import classify
 from evalharness.results import HARNESS_FAILURE_REASONS, summarize, wilson_interval
+from evalharness.run_dir import VIDEOS_DIR
 
 __all__ = ["METRIC", "RESULTS_VERSION", "results_document"]
 
@@ -103,7 +104,7 @@ def _timestamp(text: object) -> float | None:
 def _videos(run_dir: Path | None, suite: str, task_id: int) -> list[str]:
     if run_dir is None:
         return []
-    folder = run_dir / "videos" / suite
+    folder = run_dir / VIDEOS_DIR / suite
     return sorted(str(p.relative_to(run_dir)) for p in folder.glob(f"task{task_id:02d}_ep*.mp4"))
 
 
