@@ -91,10 +91,12 @@ class Shard:
         if self.world == 1:
             return float(value)
         import torch
+        import torch.distributed as dist
 
-        return float(self.all_sum(torch.tensor([float(value)], dtype=torch.float64))[0]) / (
-            self.world
-        )
+        # NCCL reduces only GPU tensors; gloo takes CPU ones.
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        total = self.all_sum(torch.tensor([float(value)], dtype=torch.float64, device=device))
+        return float(total[0]) / self.world
 
     def barrier(self) -> None:
         """Wait for every rank (no-op with one)."""
