@@ -105,15 +105,20 @@ class SuiteUnavailableError(UnknownTaskError):
 
 @cache
 def _benchmark(suite: str) -> Any:
+    known = (
+        f"known suites: {', '.join(SUITES)}, the groups {', '.join(suites.SUITE_GROUPS)} and the "
+        "LIBERO-PRO suites `evalharness suites` lists"
+    )
     if suite not in SUITES and suite not in suites.registered_suites():
-        raise UnknownTaskError(
-            f"unknown LIBERO suite {suite!r}; known suites: {', '.join(SUITES)}, the groups "
-            f"{', '.join(suites.SUITE_GROUPS)} and the LIBERO-PRO suites `evalharness suites` lists"
-        )
+        raise UnknownTaskError(f"unknown LIBERO suite {suite!r}; {known}")
     with contextlib.redirect_stdout(io.StringIO()):
         from libero.libero import benchmark
 
-        return benchmark.get_benchmark(suite)(task_order_index=0)
+        bench = benchmark.get_benchmark(suite)(task_order_index=0)
+    if bench.n_tasks == 0:
+        # LIBERO registers names (libero_100) whose task lists this package leaves empty.
+        raise UnknownTaskError(f"LIBERO suite {suite!r} has no tasks in this install; {known}")
+    return bench
 
 
 def _bddl_root() -> Path:
