@@ -51,10 +51,8 @@ __all__ = [
     "AXIS_COLUMNS",
     "DISTRACTOR",
     "ENVIRONMENT",
-    "INSTRUCTION_RULES",
     "LANGUAGE",
     "OBJECT",
-    "PRO_AXES",
     "PRO_BASES",
     "SHIFT",
     "SUITE_GROUPS",
@@ -83,8 +81,6 @@ SHIFT = "position shift"
 ENVIRONMENT = "environment"
 #: every perturbation axis, in the order tables show them.
 AXES: tuple[str, ...] = (OBJECT, SWAP, LANGUAGE, TASK, ENVIRONMENT, SHIFT, DISTRACTOR)
-#: the axes of LIBERO-PRO's leaderboard (its five "generalization dimensions").
-PRO_AXES: tuple[str, ...] = (OBJECT, SWAP, LANGUAGE, TASK, ENVIRONMENT)
 #: column headings of LIBERO-PRO's leaderboard (README "LIBERO-Pro Model Leaderboard"), plus
 #: the two axes it does not tabulate.
 AXIS_COLUMNS: Mapping[str, str] = {
@@ -107,20 +103,6 @@ _SUFFIXES: Mapping[str, str] = {
     "semantic_ood": LANGUAGE,
     "object_ood": OBJECT,
     "relation_ood": SWAP,
-}
-
-#: what each axis feeds the policy, and why (docs/suites-and-robustness.md shows this table).
-INSTRUCTION_RULES: Mapping[str, str] = {
-    "base": "the task's file name (LIBERO's task.language), as OpenVLA, openpi and LeRobot feed it",
-    LANGUAGE: "the BDDL (:language ...): the paraphrase is the perturbation",
-    TASK: "the BDDL (:language ...): it names the new goal the success check tests",
-    OBJECT: "the base task's instruction where the BDDL wording is the base's own, else the BDDL",
-    SWAP: "the base task's instruction (the BDDL wording is the base's own)",
-    DISTRACTOR: "the base task's instruction where the BDDL wording is the base's own, else the "
-    "BDDL",
-    SHIFT: "the base task's instruction where the BDDL wording is the base's own, else the BDDL",
-    ENVIRONMENT: "the base task's instruction where the BDDL wording is the base's own, else the "
-    "BDDL",
 }
 
 #: named groups `--suite` accepts besides suite names (`libero_4` is OpenVLA's four-suite
