@@ -46,6 +46,7 @@ __all__ = [
     "follow_episodes",
     "follow_train_log",
     "open_trackers",
+    "summary_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,17 @@ def _number(text: object) -> float:
         return math.nan
 
 
+def summary_key(row: pd.Series, summary: pd.DataFrame) -> str:
+    """The metric name of a summary row: `suite`, `task_N`; with several suites prefixed by
+    the suite (`libero_object/task_3`), and `average` for the mean over suites."""
+    if row["level"] == "average":
+        return "average"
+    key = "suite" if row["level"] == "suite" else f"task_{row['task_id']}"
+    if summary["suite"][summary["level"] != "average"].nunique() > 1:
+        return f"{row['suite']}/{key}"
+    return key
+
+
 class WandbTracker(Tracker):
     """A Weights & Biases run: episode and progress scalars by episode count, the summary and
     episode tables, videos, finetune losses by step. ``mode`` is wandb's (``online``,
@@ -203,7 +215,7 @@ class WandbTracker(Tracker):
             }
         )
         for _, row in summary.iterrows():
-            key = "suite" if row["level"] == "suite" else f"task_{row['task_id']}"
+            key = summary_key(row, summary)
             self.run.summary[f"success_rate/{key}"] = float(row["success_rate"])
             self.run.summary[f"episodes/{key}"] = int(row["episodes"])
 
@@ -247,7 +259,7 @@ class TensorBoardTracker(Tracker):
         done = len(episodes)
         self.writer.add_text("summary", _markdown_table(summary), done)
         for _, row in summary.iterrows():
-            key = "suite" if row["level"] == "suite" else f"task_{row['task_id']}"
+            key = summary_key(row, summary)
             self.writer.add_scalar(f"final/success_rate/{key}", float(row["success_rate"]), done)
 
     def log_videos(self, videos: Sequence[Path]) -> None:

@@ -36,6 +36,7 @@ from evalharness.results import (
 from evalharness.run_config import RunConfig, env_config, env_configs, env_record
 from evalharness.runner import Runner
 from evalharness.scheduling import schedule
+from evalharness.tracking import summary_key
 
 
 def _config(out: Path, suite: str, **kw: Any) -> RunConfig:
@@ -277,3 +278,18 @@ def test_compare_judges_comparability_on_the_suites_the_runs_hold(tmp_path: Path
     )
     keys = [m.key for m in run_differences(load_runs([c, d])) if m.critical]
     assert keys == ["env.max_steps.libero_object"]
+
+
+def test_trackers_name_each_suites_rows_apart() -> None:
+    rows = [_episode("libero_spatial", 0, 0, True), _episode("libero_object", 0, 0, False)]
+    summary = summarize(pd.DataFrame(rows))
+    keys = [summary_key(row, summary) for _, row in summary.iterrows()]
+    assert keys == [
+        "libero_object/task_0",
+        "libero_spatial/task_0",
+        "libero_object/suite",
+        "libero_spatial/suite",
+        "average",
+    ]
+    one = summarize(pd.DataFrame(rows[:1]))
+    assert [summary_key(row, one) for _, row in one.iterrows()] == ["task_0", "suite"]
