@@ -284,6 +284,7 @@ class Runner:
     def _incident(self, e: Episode, reason: str, detail: str, action: str) -> None:
         self.incidents.append(
             {
+                "suite": e.suite,
                 "task_id": e.task_id,
                 "episode_index": e.episode_index,
                 "attempt": e.attempt,
@@ -293,7 +294,13 @@ class Runner:
             }
         )
         logger.warning(
-            "task %s episode %s: %s: %s; %s", e.task_id, e.episode_index, reason, detail, action
+            "%s task %s episode %s: %s: %s; %s",
+            e.suite,
+            e.task_id,
+            e.episode_index,
+            reason,
+            detail,
+            action,
         )
 
     def _write_run_json(self, status: str, **extra: Any) -> None:
