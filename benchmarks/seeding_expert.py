@@ -16,6 +16,7 @@ from pathlib import Path
 
 from evalharness.api import evaluate
 from evalharness.compare import compare_runs, format_comparison, load_runs, mismatch_warnings
+from evalharness.policies.registry import EXPERT_POLICY
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     for name, seeding in runs.items():
         start = time.perf_counter()
         evaluate(
-            "scripted",
+            EXPERT_POLICY,
             args.suite,
             protocol="openvla",
             episodes_per_task=args.episodes_per_task,
