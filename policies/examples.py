@@ -110,6 +110,10 @@ class PolicyExample:
     for ``benchmarks/finetune_throughput.py``; None for families without a trainer."""
     finetune_data: str = "libero"
     """the dataset-spec preset that finetune reads demonstrations with."""
+    learning_recipe: tuple[str, ...] = ()
+    """``evalharness finetune`` arguments that make this family learn one LIBERO task from a few
+    dozen demos (``benchmarks/learn_from_demos.py``; the reasons are in
+    ``docs/learning-from-demos.md``); empty where no recipe has been measured."""
     cheap_network: Callable[[Policy], contextlib.AbstractContextManager[Any]] = field(
         default=_unchanged
     )

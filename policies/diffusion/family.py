@@ -54,6 +54,13 @@ def example(fixtures: Path) -> PolicyExample:
         finetune=f"{NAME}:{checkpoint}",
         # robomimic's keys (joint_states, gripper_states), raw frames, LIBERO's gripper
         finetune_data="libero_robomimic",
+        # A model sized for LIBERO from scratch: the fixture's untrained 16-wide UNet and flat
+        # default-initialized ShallowConv keypoints do not condition on what they see.
+        learning_recipe=(
+            *("--mode", "full", "--steps", "3000", "--batch-size", "32", "--lr", "1e-3"),
+            *("--option", "init=fresh", "--option", "image_size=64", "--option", "temperature=0.1"),
+            *("--option", "down_dims=64,128,256", "--option", "step_embed_dim=64"),
+        ),
         cheap_network=cheap_network,
     )
 

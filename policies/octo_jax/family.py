@@ -32,7 +32,8 @@ def cheap_network(policy: Policy) -> contextlib.AbstractContextManager[Any]:
 def example(fixtures: Path) -> PolicyExample:
     """The tiny upstream Octo checkpoint."""
     ex = octo_example(NAME, fixtures)
-    return dataclasses.replace(ex, cheap_network=cheap_network)
+    recipe = ("--mode", "full", "--steps", "3000", "--batch-size", "32", "--lr", "1e-3")
+    return dataclasses.replace(ex, cheap_network=cheap_network, learning_recipe=recipe)
 
 
 FAMILIES = (
