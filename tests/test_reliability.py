@@ -358,9 +358,9 @@ def test_hang_inside_an_episode_hits_the_wall_clock_limit(
     monkeypatch.setenv(faults.FAULTS_ENV, "hang:episode=0,step=2")
     out = tmp_path / "run"
     protocol = TINY.with_overrides(episodes_per_task=2)
-    started = time.monotonic()
-    Runner(_config(out, protocol=protocol, episode_timeout=3.0), load_policy("zero")).run()
-    assert time.monotonic() - started < 120
+    # The limit is generous so that the undisturbed episode never meets it on a loaded machine;
+    # the hung one would wait forever without it.
+    Runner(_config(out, protocol=protocol, episode_timeout=10.0), load_policy("zero")).run()
     rows = outcomes(out)
     assert rows["failure_reason"].tolist() == ["episode_timeout", "step_limit"]
 
