@@ -170,15 +170,17 @@ def test_diffusion_target_chunk_is_what_act_returns(diffusion, demos, t):
 # Octo, JAX and PyTorch
 
 
-@pytest.fixture(scope="module", params=["octo_jax", "octo_pt"])
+@pytest.fixture(scope="module", params=["octo_jax", "octo_pt", "octo_jax?action_head=l1"])
 def octo(request: pytest.FixtureRequest, demos: Path, tmp_path_factory):
-    if request.param == "octo_jax":
+    family, _, options = request.param.partition("?")
+    if family == "octo_jax":
         pytest.importorskip("jax")
     else:
         pytest.importorskip("safetensors")
-    out = tmp_path_factory.mktemp(request.param)
-    trainer, dataset, sampler = trainer_for(f"{request.param}:{OCTO}", demos, out, "libero")
-    return request.param, trainer, sampler, saved_policy(trainer, dataset, out)
+    out = tmp_path_factory.mktemp(family)
+    policy = f"{family}:{OCTO}" + (f"?{options}" if options else "")
+    trainer, dataset, sampler = trainer_for(policy, demos, out, "libero")
+    return family, trainer, sampler, saved_policy(trainer, dataset, out)
 
 
 def _capture_octo(family: str, policy: Any, target: np.ndarray) -> dict[str, Any]:

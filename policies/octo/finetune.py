@@ -52,7 +52,14 @@ FINETUNE_OPTIONS = (
     "normalization",
     "frozen_keys",
     "keep_action_dim",
+    "action_head",
 )
+#: ``?action_head=`` → upstream's head class. ``l1`` is what upstream's own example for a new
+#: action space uses (``examples/02_finetune_new_observation_action.py``): no DDPM chain, so
+#: nothing amplifies an under-trained head's error (``docs/learning-from-demos.md``).
+ACTION_HEADS = {"diffusion": "DiffusionActionHead", "l1": "L1ActionHead", "mse": "MSEActionHead"}
+#: The kwargs an L1/MSE head accepts (``ContinuousHeadConfig``); diffusion-only ones are dropped.
+_CONTINUOUS_KWARGS = ("readout_key", "use_map", "action_horizon", "action_dim", "max_action")
 
 
 class DataFacts(NamedTuple):
@@ -71,6 +78,7 @@ def adapt_config(
     action_horizon: int,
     action_dim: int,
     normalization: str,
+    action_head: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """``config.json`` edited for the new data (upstream ``update_config`` /
     ``config_delete_keys``) and a plain-language list of the changes."""
@@ -103,6 +111,20 @@ def adapt_config(
         )
     kwargs["action_dim"] = action_dim
     kwargs["action_horizon"] = action_horizon
+    if action_head is not None and ACTION_HEADS[action_head] != head.kind:
+        spec = model["heads"]["action"]
+        spec["name"] = ACTION_HEADS[action_head]
+        if action_head == "diffusion":
+            kwargs.pop("loss_type", None)
+        else:
+            for key in list(kwargs):
+                if key not in _CONTINUOUS_KWARGS:
+                    del kwargs[key]
+            kwargs.pop("use_map", None)  # upstream's L1/MSE default: MAP pooling
+        changes.append(
+            f"action head {head.kind} → {spec['name']} (freshly initialized, "
+            f"?action_head={action_head})"
+        )
     if (parsed.window_size or window_size) != window_size:
         changes.append(f"window_size {parsed.window_size} → {window_size}")
     new["window_size"] = window_size
@@ -238,6 +260,12 @@ def plan_finetune(
         )
     action_dim = head.action_dim if data_dim <= head.action_dim else data_dim
     normalization = NormalizationType.parse(family.get("normalization", "normal"))
+    action_head = family.get("action_head")
+    if action_head is not None and action_head not in ACTION_HEADS:
+        raise FinetuneError(
+            f"finetune option action_head={action_head!r}: expected one of "
+            f"{', '.join(ACTION_HEADS)}"
+        )
 
     first = dataset.load()[0]
     image_keys = tuple(k for k in first if k.startswith("image_"))
@@ -250,6 +278,7 @@ def plan_finetune(
         horizon,
         action_dim,
         normalization.value,
+        action_head,
     )
     source = f"{directory / 'config.json'} (edited for {dataset.path})"
     try:
