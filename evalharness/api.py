@@ -201,6 +201,7 @@ def evaluate(
     progress: bool = True,
     episode_timeout: float | None = None,
     pipeline: bool | None = None,
+    envs_per_worker: int | None = None,
     policy_string: str | None = None,
     executor: str = "local",
     ray_address: str | None = None,
@@ -226,9 +227,11 @@ def evaluate(
     ``resume`` an interrupted run there is finished, refused if anything that changes outcomes
     differs. ``progress`` shows a bar on a terminal, tqdm's widget in a notebook, and
     elsewhere (a batch job's log) a line through `logging` every ``progress_every`` episodes or
-    60 s (`evalharness.progress`). ``num_envs`` worker processes (default: one per core) step in lockstep;
-    ``pipeline`` (default: for remote policies) splits them into two groups, one stepping
-    while the other's actions are computed (`evalharness.executors`); ``False``: lockstep.
+    60 s (`evalharness.progress`). ``num_envs`` is the number of worker processes (default:
+    one per core), each hosting ``envs_per_worker`` envs (default: 2 when pipelining, else 1),
+    all stepped in lockstep; ``pipeline`` (default: for remote policies) splits the envs into
+    two groups, one stepping while the other's actions are computed
+    (`evalharness.executors`); ``False``: lockstep.
     ``video`` saves mp4s of the first N episodes of each task. ``executor="ray"`` runs the
     envs on Ray actors (``ray_*`` as ``evalharness run --ray-*``). ``wandb`` (a W&B project)
     and ``tensorboard`` (a log directory) log each finished episode, the final tables and the
@@ -293,6 +296,7 @@ def evaluate(
         progress=display == "bar",  # the runner's own tqdm line; the others follow the CSV
         episode_timeout=episode_timeout,
         pipeline=pipeline,
+        envs_per_worker=envs_per_worker,
     )
     config.tasks()  # validates task ids before a checkpoint loads or a process starts
     if loaded is None:
@@ -358,6 +362,7 @@ def _tracking_config(config: RunConfig) -> dict[str, Any]:
         "protocol": config.protocol.to_dict(),
         "tasks": list(config.task_ids) if config.task_ids is not None else "all",
         "num_envs": config.num_envs,
+        "envs_per_worker": config.envs_per_worker,
         "exec_horizon": config.exec_horizon,
         "temporal_ensemble_weight": config.temporal_ensemble_weight,
         "run_dir": str(config.out_dir),

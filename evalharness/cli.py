@@ -103,7 +103,16 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         "--num-envs",
         type=int,
         default=os.cpu_count() or 1,
-        help="worker processes, one env each (default: number of cores)",
+        help="worker processes (default: number of cores), each hosting --envs-per-worker "
+        "envs; --executor ray: Ray actors",
+    )
+    p.add_argument(
+        "--envs-per-worker",
+        type=int,
+        default=None,
+        metavar="N",
+        help="envs each local worker process hosts, stepping one while another waits for "
+        "actions (default: 2 when pipelining, one per group; else 1)",
     )
     p.add_argument("--exec-horizon", type=int, default=None, help="actions executed per chunk")
     p.add_argument(
@@ -231,6 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress_every=args.progress_every,
         episode_timeout=args.episode_timeout,
         pipeline=args.pipeline,
+        envs_per_worker=args.envs_per_worker,
         executor=args.executor,
         ray_address=args.ray_address,
         ray_envs_per_worker=args.ray_envs_per_worker,

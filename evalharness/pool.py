@@ -1,17 +1,26 @@
-"""The local worker pool: N spawned processes, each serving one `EpisodeEnv` over a pipe.
+"""The local worker pool: spawned processes, each hosting one or more `EpisodeEnv`s.
+
+A *slot* is one env: the unit the executor schedules episodes onto, with a pipe of its own.
+A worker process hosts `envs_per_worker` slots (default 1); slot `s` lives in worker
+`s // envs_per_worker`. A process steps one of its envs at a time, so its envs share one
+core: several per worker pay when an env would otherwise sit idle, e.g. a pipelined run
+(`evalharness.executors`), where one env of each worker steps while the other waits for its
+actions.
 
 Workers are spawned, not forked: an EGL render context made before a fork is invalid in the
-child, so each worker builds its env on its first reset (`evalharness.worker`). A reply says
-how the request went, and `WorkerPool.recv` turns each way of going wrong into one exception:
+child, so each worker builds its envs on their first reset (`evalharness.worker`). A reply
+says how the request went, and `WorkerPool.recv` turns each way of going wrong into one
+exception:
 
 - `WorkerDied`: the process exited (killed, segfault) before answering;
 - `WorkerTimeout`: it did not answer within the time left;
-- `faults.SimUnstableError`: the simulator went unstable; the worker closed its env;
+- `faults.SimUnstableError`: the simulator went unstable; the worker closed that env;
 - `RunError`: the env cannot be built at all (the run stops, the message says why);
 - `WorkerError`: anything else raised inside the worker, with its traceback (a bug).
 
-A slot whose process died or hung is `restart`ed: a fresh process, which builds its env on
-the next reset like any new worker.
+A worker whose process died or hung is `restart`ed: a fresh process, which builds its envs
+on their next reset like any new worker. Every slot of the old process loses its env (and
+the episode it ran): `restart` returns them all.
 """
 
 from __future__ import annotations
@@ -44,43 +53,78 @@ class WorkerError(RuntimeError):
 
 
 class WorkerPool:
-    """N spawned worker processes, each serving one `EpisodeEnv` over a pipe."""
+    """`num_workers` spawned processes of `envs_per_worker` envs (slots) each.
 
-    def __init__(self, n: int, config: EnvConfig | Mapping[str, EnvConfig]) -> None:
-        """`config`: the env of a one-suite run, or one per suite (see `EpisodeEnv`)."""
+    `config`: the env of a one-suite run, or one per suite (see `EpisodeEnv`).
+    """
+
+    def __init__(
+        self,
+        num_workers: int,
+        config: EnvConfig | Mapping[str, EnvConfig],
+        envs_per_worker: int = 1,
+    ) -> None:
+        if num_workers < 1 or envs_per_worker < 1:
+            raise ValueError(
+                f"a worker pool needs >= 1 worker and >= 1 env per worker, got "
+                f"num_workers={num_workers}, envs_per_worker={envs_per_worker}"
+            )
         self.ctx = mp.get_context("spawn")
         self.config = config
-        self.render_threads = max(1, (os.cpu_count() or 1) // n)
+        self.num_workers = num_workers
+        self.envs_per_worker = envs_per_worker
+        # Per process, not per env: a process renders one of its envs at a time.
+        self.render_threads = max(1, (os.cpu_count() or 1) // num_workers)
+        #: by slot: the runner's end of the slot's pipe.
         self.conns: list[Connection] = []
+        #: by worker: its process.
         self.procs: list[Any] = []
-        for i in range(n):
-            conn, proc = self._spawn(i)
-            self.conns.append(conn)
+        for worker in range(num_workers):
+            conns, proc = self._spawn(worker)
+            self.conns.extend(conns)
             self.procs.append(proc)
 
-    def _spawn(self, slot: int) -> tuple[Connection, Any]:
-        parent, child = self.ctx.Pipe()
+    def _spawn(self, worker: int) -> tuple[list[Connection], Any]:
+        pipes = [self.ctx.Pipe() for _ in range(self.envs_per_worker)]
+        children = [child for _, child in pipes]
         proc = self.ctx.Process(
             target=worker_main,
-            args=(child, self.config, self.render_threads, render_check.egl_device_for(slot)),
-            name=f"evalharness-env-{slot}",
+            args=(children, self.config, self.render_threads, render_check.egl_device_for(worker)),
+            name=f"evalharness-env-{worker}",
             daemon=True,
         )
         proc.start()
-        child.close()
-        return parent, proc
+        for child in children:
+            child.close()
+        return [parent for parent, _ in pipes], proc
 
     def __len__(self) -> int:
-        return len(self.procs)
+        """The number of slots (envs)."""
+        return len(self.conns)
+
+    def worker_of(self, slot: int) -> int:
+        """The worker process hosting `slot`."""
+        return slot // self.envs_per_worker
+
+    def slots_of(self, worker: int) -> list[int]:
+        """The slots `worker` hosts."""
+        first = worker * self.envs_per_worker
+        return list(range(first, first + self.envs_per_worker))
 
     def pids(self) -> list[int | None]:
-        """The worker processes' ids, by slot."""
-        return [p.pid for p in self.procs]
+        """The worker processes' ids, by slot (slots of one worker share it)."""
+        return [self.procs[self.worker_of(s)].pid for s in range(len(self.conns))]
+
+    def _name(self, slot: int) -> str:
+        worker = self.worker_of(slot)
+        if self.envs_per_worker == 1:
+            return f"env worker {worker}"
+        return f"env worker {worker} (env {slot})"
 
     def send(self, slot: int, command: str, payload: Any) -> None:
-        """Send `reset` (an `Episode`) or `step` (an action chunk) to the slot's worker."""
+        """Send `reset` (an `Episode`) or `step` (an action chunk) to the slot's env."""
         # A dead worker cannot take the request; the recv that follows reports it.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError, OSError):
             self.conns[slot].send((command, payload))
 
     def recv(self, slot: int, what: str, timeout: float | None = None) -> Any:
@@ -89,14 +133,14 @@ class WorkerPool:
         try:
             if timeout is not None and not conn.poll(max(timeout, 0.0)):
                 raise WorkerTimeout(
-                    f"env worker {slot} did not answer within the limit during {what}"
+                    f"{self._name(slot)} did not answer within the limit during {what}"
                 )
             status, payload = conn.recv()
-        except (EOFError, ConnectionResetError, BrokenPipeError):
-            proc = self.procs[slot]
+        except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
+            proc = self.procs[self.worker_of(slot)]
             proc.join(timeout=5)
             raise WorkerDied(
-                f"env worker {slot} (pid {proc.pid}) died with exit code {proc.exitcode} "
+                f"{self._name(slot)} (pid {proc.pid}) died with exit code {proc.exitcode} "
                 f"during {what}"
             ) from None
         if status == "ok":
@@ -106,35 +150,45 @@ class WorkerPool:
             raise faults.SimUnstableError(message)
         if status == "build_error":
             raise RunError(message)
-        raise WorkerError(f"env worker {slot} failed during {what}: {message}\n{tb}")
+        raise WorkerError(f"{self._name(slot)} failed during {what}: {message}\n{tb}")
 
-    def restart(self, slot: int) -> None:
-        """Replace the slot's process by a fresh one (killing it first if it still runs)."""
-        self._kill(slot)
-        self.conns[slot], self.procs[slot] = self._spawn(slot)
+    def restart(self, slot: int) -> list[int]:
+        """Replace the slot's worker process by a fresh one (killing it first if it still
+        runs); returns every slot of that worker, all of which lost their env."""
+        worker = self.worker_of(slot)
+        self._kill(worker)
+        slots = self.slots_of(worker)
+        conns, self.procs[worker] = self._spawn(worker)
+        for s, conn in zip(slots, conns, strict=True):
+            self.conns[s] = conn
+        return slots
 
-    def _kill(self, slot: int) -> None:
-        proc = self.procs[slot]
+    def _kill(self, worker: int) -> None:
+        proc = self.procs[worker]
         if proc.is_alive():
             proc.kill()
         proc.join(timeout=5)
-        self.conns[slot].close()
+        for slot in self.slots_of(worker):
+            self.conns[slot].close()
 
     def kill_all(self) -> None:
         """Abandon every worker at once (interrupt, error): nothing in flight is waited for."""
-        for slot in range(len(self.procs)):
-            self._kill(slot)
+        for worker in range(len(self.procs)):
+            self._kill(worker)
 
     def close(self) -> None:
-        """Ask every worker to close its env and exit; kill those that do not within 5 s."""
-        for slot, conn in enumerate(self.conns):
+        """Ask every worker to close its envs and exit; kill those that do not within 5 s."""
+        for worker, proc in enumerate(self.procs):
+            conn = self.conns[self.slots_of(worker)[0]]
             try:
                 conn.send(("close", None))
                 if conn.poll(5):
                     conn.recv()
             except (OSError, EOFError, BrokenPipeError):
                 pass
-            self.procs[slot].join(timeout=5)
-            if self.procs[slot].is_alive():
-                self.procs[slot].kill()
-                self.procs[slot].join(timeout=5)
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+            for slot in self.slots_of(worker):
+                self.conns[slot].close()

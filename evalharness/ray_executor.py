@@ -281,6 +281,11 @@ class RayRunner(Runner):
         return False
 
     @property
+    def envs_per_worker(self) -> int:
+        """Envs per Ray actor (`--ray-envs-per-worker`)."""
+        return self.ray_executor.envs_per_worker
+
+    @property
     def actor_pids(self) -> list[int]:
         """pids of the actors started by the latest run, in order."""
         return self.ray_executor.actor_pids

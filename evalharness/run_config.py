@@ -1,7 +1,7 @@
 """What a run is: the resolved `evalharness run` command, and the env stack it implies.
 
-`RunConfig` is the run's input as data (suites, policy string, protocol, tasks, workers,
-output directory); `env_configs` turns it and a policy's spec into one `EnvConfig` per suite,
+`RunConfig` is the run's input as data (suites, policy string, protocol, tasks, worker
+processes and envs per worker, output directory); `env_configs` turns it and a policy's spec into one `EnvConfig` per suite,
 which every worker builds its wrappers from. Both are validated here, at the boundary, with
 errors that name the flag and the value.
 
@@ -67,10 +67,15 @@ class RunConfig:
     #: pipelined rollouts (`evalharness.executors`); None: when the policy supports them
     #: (remote policies), False: lockstep.
     pipeline: bool | None = None
+    #: envs each of the `num_envs` worker processes hosts; None: 2 for pipelined rollouts
+    #: (one per pipeline group), else 1.
+    envs_per_worker: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:
             raise UsageError(f"--num-envs must be >= 1, got {self.num_envs}")
+        if self.envs_per_worker is not None and self.envs_per_worker < 1:
+            raise UsageError(f"--envs-per-worker must be >= 1, got {self.envs_per_worker}")
         if self.episode_timeout is not None and not self.episode_timeout > 0:
             raise UsageError(f"--episode-timeout must be > 0 seconds, got {self.episode_timeout}")
         if self.video_episodes < 0:

@@ -129,14 +129,28 @@ class Runner:
             self.episode_timeout,
             {key: task.instruction for key, task in self.tasks.items()},
             pipeline=self.pipelined,
+            envs_per_worker=self.envs_per_worker,
         )
+
+    @property
+    def _lanes_wanted(self) -> bool:
+        wanted = self.config.pipeline if self.config.pipeline is not None else True
+        return wanted and self.policy.pipelines
+
+    @property
+    def envs_per_worker(self) -> int:
+        """Envs each worker process hosts: `--envs-per-worker`, or by default 2 when the
+        rollouts pipeline (one env of each worker per group, so every process steps while the
+        other group waits for its actions) and 1 otherwise."""
+        if self.config.envs_per_worker is not None:
+            return self.config.envs_per_worker
+        return 2 if self._lanes_wanted else 1
 
     @property
     def pipelined(self) -> bool:
         """Whether episodes roll out pipelined: asked for (by default, when the policy has
-        lanes), supported by the policy, and at least two envs."""
-        wanted = self.config.pipeline if self.config.pipeline is not None else True
-        return wanted and self.policy.pipelines and self.config.num_envs >= 2
+        lanes), supported by the policy, and at least two envs in all."""
+        return self._lanes_wanted and self.config.num_envs * self.envs_per_worker >= 2
 
     def _fields(self) -> dict[str, Any]:
         return recorded_fields(
@@ -190,6 +204,7 @@ class Runner:
                 "policy": self.config.policy,
                 "checkpoint": self.policy.checkpoint,
                 "num_envs": self.config.num_envs,
+                "envs_per_worker": self.envs_per_worker,
                 "pipeline": self.pipelined,
                 "episodes_per_task": self.config.protocol.episodes_per_task,
                 "video_episodes": self.config.video_episodes,

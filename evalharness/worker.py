@@ -1,4 +1,4 @@
-"""One env per worker process, driven over a pipe by the runner.
+"""The envs of one worker process, each driven over a pipe of its own by the runner.
 
 The env (and its EGL render context) is built lazily *inside* the worker: a context created
 before a fork is invalid in the child (EGL_BAD_CONTEXT), so workers are spawned and build
@@ -12,9 +12,10 @@ import os
 import re
 import signal
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
@@ -287,12 +288,17 @@ class EpisodeEnv:
 
 
 def worker_main(
-    conn: Connection,
+    conns: Connection | Sequence[Connection],
     config: EnvConfig | Mapping[str, EnvConfig],
     render_threads: int | None = None,
     egl_device: int | None = None,
 ) -> None:
-    """Serve reset/step/close requests until told to stop or the pipe closes.
+    """Serve reset/step/close requests, one env per pipe of `conns`, until told to stop or
+    every pipe closes.
+
+    A worker may host several envs (`evalharness.pool`): each has its own pipe and answers on
+    it; requests are served one at a time, as they arrive, so one env steps while the
+    runner waits for another's actions. `close` on any pipe closes them all and exits.
 
     `render_threads` caps Mesa llvmpipe's rasterizer threads (LP_NUM_THREADS): by default each
     software-rendering process starts one thread per core, and N workers on N cores then
@@ -305,29 +311,40 @@ def worker_main(
         os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", str(egl_device))
     # Ctrl-C goes to the whole process group; only the runner decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    env = EpisodeEnv(config)
+    pipes = [conns] if isinstance(conns, Connection) else list(conns)
+    envs = [EpisodeEnv(config) for _ in pipes]
+    open_pipes = list(range(len(pipes)))
     try:
-        while True:
-            try:
-                command, payload = conn.recv()
-            except EOFError:
-                break
-            try:
-                if command == "reset":
-                    conn.send(("ok", env.reset(payload)))
-                elif command == "step":
-                    conn.send(("ok", env.step(payload)))
-                elif command == "close":
-                    conn.send(("ok", None))
-                    break
-                else:
-                    conn.send(("error", (f"unknown command {command!r}", "")))
-            except SimUnstableError as exc:  # the episode is recorded as sim_unstable
-                conn.send(("unstable", (str(exc), traceback.format_exc())))
-            except EnvBuildError as exc:  # the run stops: no env, no episodes
-                conn.send(("build_error", (str(exc), traceback.format_exc())))
-            except Exception as exc:  # reported to the runner, which decides what to do
-                conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+        while open_pipes:
+            ready = connection_wait([pipes[i] for i in open_pipes])
+            for i in [i for i in open_pipes if pipes[i] in ready]:
+                try:
+                    command, payload = pipes[i].recv()
+                except (EOFError, OSError):
+                    open_pipes.remove(i)
+                    continue
+                if command == "close":
+                    pipes[i].send(("ok", None))
+                    return
+                pipes[i].send(_serve(envs[i], command, payload))
     finally:
-        env.close()
-        conn.close()
+        for env in envs:
+            env.close()
+        for pipe in pipes:
+            pipe.close()
+
+
+def _serve(env: EpisodeEnv, command: str, payload: Any) -> tuple[str, Any]:
+    """One request to one env: ("ok", result), or how it failed (`evalharness.pool`)."""
+    try:
+        if command == "reset":
+            return ("ok", env.reset(payload))
+        if command == "step":
+            return ("ok", env.step(payload))
+        return ("error", (f"unknown command {command!r}", ""))
+    except SimUnstableError as exc:  # the episode is recorded as sim_unstable
+        return ("unstable", (str(exc), traceback.format_exc()))
+    except EnvBuildError as exc:  # the run stops: no env, no episodes
+        return ("build_error", (str(exc), traceback.format_exc()))
+    except Exception as exc:  # reported to the runner, which decides what to do
+        return ("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc()))

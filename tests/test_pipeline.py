@@ -7,14 +7,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
 from evalharness import executors
-from evalharness.executors import EpisodeResult, LocalExecutor
+from evalharness.executors import EpisodeResult, Incident, LocalExecutor, pipeline_groups
 from evalharness.policies.base import POLICY_TIMEOUT, Policy, PolicySpec
+from evalharness.pool import WorkerDied
 from evalharness.worker import Episode
 
 STEPS = 4
@@ -22,28 +23,62 @@ STEPS = 4
 
 class CounterPool:
     """Stands in for `WorkerPool`: each slot's env counts its steps; an episode ends after
-    STEPS steps and succeeds when the actions it executed sum to its policy seed * STEPS."""
+    STEPS steps and succeeds when the actions it executed sum to its policy seed * STEPS.
+    `DIE` maps (episode_index, attempt) to the control step at which its worker process dies
+    (requests to its envs get no reply, `WorkerDied`, until it is restarted)."""
 
-    def __init__(self, n: int, config: Any) -> None:
+    DIE: ClassVar[dict[tuple[int, int], int]] = {}
+    #: every pool made, for the tests to read its layout and restarts.
+    made: ClassVar[list[CounterPool]] = []
+
+    def __init__(self, num_workers: int, config: Any, envs_per_worker: int = 1) -> None:
+        self.num_workers, self.envs_per_worker = num_workers, envs_per_worker
+        n = num_workers * envs_per_worker
         self.state: list[dict[str, Any]] = [{} for _ in range(n)]
         self.replies: list[Any] = [None] * n
+        self.dead: set[int] = set()
+        self.restarts: list[int] = []
+        CounterPool.made.append(self)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def worker_of(self, slot: int) -> int:
+        return slot // self.envs_per_worker
 
     def send(self, slot: int, command: str, payload: Any) -> None:
+        self.replies[slot] = None  # no reply: its worker is dead, or dies serving it
+        if self.worker_of(slot) in self.dead:
+            return
         s = self.state[slot]
         if command == "reset":
             s.update(episode=payload, steps=0, total=0.0)
             self.replies[slot] = ({"proprio": np.zeros(1)}, {"scene_fingerprint": "f"})
             return
         s["steps"] += 1
+        e = s["episode"]
+        if self.DIE.get((e.episode_index, e.attempt)) == s["steps"]:
+            self.dead.add(self.worker_of(slot))
+            return
         s["total"] += float(np.asarray(payload)[0, 0])
         done = s["steps"] == STEPS
-        success = done and s["total"] == s["episode"].policy_seed * STEPS
+        success = done and s["total"] == e.policy_seed * STEPS
         info = {"episode_steps": s["steps"], "success": success}
         obs = {"proprio": np.full(1, s["steps"], float)}
         self.replies[slot] = (obs, 0.0, done, False, info)
 
     def recv(self, slot: int, where: str, timeout: float | None = None) -> Any:
+        # Replies sent before the worker died are still read, as from a real pipe.
+        if self.replies[slot] is None:
+            raise WorkerDied(f"env worker {self.worker_of(slot)} died during {where}")
         return self.replies[slot]
+
+    def restart(self, slot: int) -> list[int]:
+        worker = self.worker_of(slot)
+        self.dead.discard(worker)
+        self.restarts.append(worker)
+        first = worker * self.envs_per_worker
+        return list(range(first, first + self.envs_per_worker))
 
     def close(self) -> None:
         pass
@@ -83,8 +118,17 @@ def _episodes(n: int) -> deque[Episode]:
     return deque(Episode("libero_spatial", 0, i, i, 7, policy_seed=100 + i) for i in range(n))
 
 
-def _run(policy: Policy, num_envs: int, pipeline: bool, n: int = 5) -> list[EpisodeResult]:
-    ex = LocalExecutor({}, policy, "lanes", num_envs, 60.0, {("libero_spatial", 0): "t"}, pipeline)
+def _executor(policy: Policy, num_workers: int, pipeline: bool, envs_per_worker: int = 1):
+    instructions = {("libero_spatial", 0): "t"}
+    return LocalExecutor(
+        {}, policy, "lanes", num_workers, 60.0, instructions, pipeline, envs_per_worker
+    )
+
+
+def _run(
+    policy: Policy, num_workers: int, pipeline: bool, n: int = 5, envs_per_worker: int = 1
+) -> list[EpisodeResult]:
+    ex = _executor(policy, num_workers, pipeline, envs_per_worker)
     results = [e for e in ex.run(_episodes(n)) if isinstance(e, EpisodeResult)]
     return sorted(results, key=lambda r: r.episode.episode_index)
 
@@ -92,6 +136,12 @@ def _run(policy: Policy, num_envs: int, pipeline: bool, n: int = 5) -> list[Epis
 @pytest.fixture(autouse=True)
 def counter_pool(monkeypatch):
     monkeypatch.setattr(executors, "WorkerPool", CounterPool)
+    monkeypatch.setattr(CounterPool, "DIE", {})
+    monkeypatch.setattr(CounterPool, "made", [])
+
+
+def _outcome(r: EpisodeResult) -> tuple[bool, int, str]:
+    return (r.success, r.steps, r.failure_reason)
 
 
 def _outcomes(results: list[EpisodeResult]) -> list[tuple[int, bool, int, str]]:
@@ -133,3 +183,68 @@ def test_a_policy_timeout_ends_only_its_episode_unstepped_and_the_run_goes_on(pi
         (1, False, 0, POLICY_TIMEOUT),
         (2, True, STEPS, ""),
     ]
+
+
+def test_pipeline_groups_split_every_worker_when_it_hosts_several_envs():
+    # Two workers of two envs: slots 0, 1 on worker 0, slots 2, 3 on worker 1.
+    assert pipeline_groups(2, 2, 2) == [[0, 2], [1, 3]]
+    # One env per worker: the groups alternate workers, as before.
+    assert pipeline_groups(4, 1, 2) == [[0, 2], [1, 3]]
+    assert pipeline_groups(1, 3, 2) == [[0, 2], [1]]
+
+
+def test_a_pool_has_the_asked_workers_and_no_more_envs_each_than_the_episodes_need():
+    ex = _executor(LanePolicy([]), 2, pipeline=True, envs_per_worker=2)
+    assert [ex.layout(n) for n in (1, 2, 3, 4, 9)] == [(1, 1), (2, 1), (2, 2), (2, 2), (2, 2)]
+
+
+def test_two_envs_per_worker_pipeline_one_env_of_each_worker_per_group():
+    lockstep = _run(LanePolicy([]), 2, pipeline=False, n=6)
+    calls: list[tuple[int, list[int]]] = []
+    pipelined = _run(LanePolicy(calls), 2, pipeline=True, n=6, envs_per_worker=2)
+    assert _outcomes(pipelined) == _outcomes(lockstep) == [(i, True, STEPS, "") for i in range(6)]
+    pool = CounterPool.made[-1]
+    assert (pool.num_workers, pool.envs_per_worker) == (2, 2)
+    # Episodes 0-3 start on slots 0-3; group 0 = env 0 of each worker (slots 0 and 2).
+    assert calls[:4] == [(0, [100, 102]), (1, [101, 103]), (0, [100, 102]), (1, [101, 103])]
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_dead_worker_takes_its_envs_episodes_and_only_the_faulty_one_uses_up_an_attempt(
+    pipeline,
+):
+    # Two workers of two envs: episodes 0, 1 on worker 0, episodes 2, 3 on worker 1.
+    # Episode 0's worker dies at its step 2 on the first try; episode 2's at its step 1 on
+    # every try.
+    CounterPool.DIE = {(0, 0): 2, (2, 0): 1, (2, 1): 1}
+    ex = _executor(LanePolicy([]), 2, pipeline=pipeline, envs_per_worker=2)
+    events = list(ex.run(_episodes(4)))
+    results = sorted(
+        (e for e in events if isinstance(e, EpisodeResult)), key=lambda r: r.episode.episode_index
+    )
+    # The faulty episode is rescheduled once, then recorded as worker_died; the others end
+    # as in an undisturbed run, however often they were rescheduled.
+    assert [(r.episode.episode_index, r.episode.attempt, *_outcome(r)) for r in results] == [
+        (0, 1, True, STEPS, ""),
+        (1, 0, True, STEPS, ""),
+        (2, 1, False, 0, "worker_died"),
+        (3, 0, True, STEPS, ""),
+    ]
+    incidents = [
+        (e.episode.episode_index, e.episode.attempt, e.reason, e.action)
+        for e in events
+        if isinstance(e, Incident)
+    ]
+    fresh, with_envs = "rescheduled on a fresh worker", "rescheduled with its worker's envs"
+    assert incidents == [
+        (2, 0, "worker_died", fresh),
+        (3, 0, "worker_died", with_envs),  # episode 2's neighbour: attempt kept
+        (0, 0, "worker_died", fresh),
+        (1, 0, "worker_died", with_envs),
+        (3, 0, "worker_died", with_envs),  # next to episode 2's second try, again
+    ]
+    sibling = next(e for e in events if isinstance(e, Incident) and e.episode.episode_index == 1)
+    assert sibling.detail == (
+        "env worker 0 died during step of task 0 episode 0; "
+        "the episode ran on env 1 of the same worker process"
+    )
