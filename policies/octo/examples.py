@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "EXAMPLE_CHECKPOINT",
     "EXAMPLE_STATS",
     "OCTO_SMALL_T5",
+    "OctoSmallShape",
     "example_batch",
     "horizon_edited_copy",
     "octo_example",
@@ -91,6 +93,47 @@ def octo_small_config(base: dict[str, Any]) -> dict[str, Any]:
     model["transformer_kwargs"].update(num_layers=12, mlp_dim=1536, num_attention_heads=6)
     model["heads"]["action"]["kwargs"].pop("hidden_dim", None)  # default 256
     return config
+
+
+@dataclass(frozen=True)
+class OctoSmallShape:
+    """What both families' latency benchmarks build an octo-small-1.5-shaped model from: the
+    tiny example checkpoint's config resized (`octo_small_config`), T5-base's encoder shape, a
+    256² + 128² example batch, and the tiny checkpoint's tokenizer and statistics.
+
+    T5-base's sentencepiece vocabulary is not available offline; the tiny tokenizer's ids are
+    valid T5-base ids, and the encoder's cost does not depend on which ids they are.
+    """
+
+    fixture: Any  # the example checkpoint (`policies.octo.checkpoint.OctoCheckpoint`)
+    raw: dict[str, Any]  # the octo-small checkpoint config
+    config: Any  # `policies.octo.config.OctoConfig` of ``raw``
+    t5: Any  # `policies.octo.text.T5EncoderConfig`, T5-base-shaped
+    batch: dict[str, Any]  # the example batch the model is built for
+    tokenizer: Any  # `policies.octo.text.TextTokenizer`
+    statistics: Any  # the example's action/proprio statistics
+
+    @classmethod
+    def build(cls, fixtures: Path) -> OctoSmallShape:
+        """The shape, from the example checkpoint in ``fixtures``."""
+        from evalharness.policies.common.normalization import select_statistics
+        from evalharness.policies.octo.checkpoint import load_checkpoint
+        from evalharness.policies.octo.config import OctoConfig
+        from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer
+
+        fixture = load_checkpoint(fixtures / EXAMPLE_CHECKPOINT)
+        raw = octo_small_config(fixture.config)
+        config = OctoConfig.from_checkpoint_config(raw)
+        assert config.text_processor is not None
+        return cls(
+            fixture=fixture,
+            raw=raw,
+            config=config,
+            t5=T5EncoderConfig(**OCTO_SMALL_T5),
+            batch=example_batch(),
+            tokenizer=TextTokenizer(fixtures / EXAMPLE_TOKENIZER, config.text_processor),
+            statistics=select_statistics(fixture.dataset_statistics, EXAMPLE_STATS),
+        )
 
 
 def example_batch(window: int = 2, primary: int = 256, wrist: int = 128) -> dict[str, Any]:

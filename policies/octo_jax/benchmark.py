@@ -19,47 +19,29 @@ def octo_small_policy(fixtures: Path) -> Policy:
     """A randomly initialized octo-small-1.5-shaped ``OctoJaxPolicy`` (config, statistics and
     tokenizer taken from the tiny example checkpoint in ``fixtures``)."""
     from evalharness.policies.common.compat import CompatibilityReport
-    from evalharness.policies.common.normalization import select_statistics
-    from evalharness.policies.octo.checkpoint import OctoCheckpoint, load_checkpoint
-    from evalharness.policies.octo.config import OctoConfig
-    from evalharness.policies.octo.examples import (
-        EXAMPLE_CHECKPOINT,
-        EXAMPLE_STATS,
-        EXAMPLE_TOKENIZER,
-        OCTO_SMALL_T5,
-        example_batch,
-        octo_small_config,
-    )
+    from evalharness.policies.octo.checkpoint import OctoCheckpoint
+    from evalharness.policies.octo.examples import OctoSmallShape
     from evalharness.policies.octo.inputs import OctoInputSpec
-    from evalharness.policies.octo.text import T5EncoderConfig, TextTokenizer
     from evalharness.policies.octo_jax.loader import LoadedOcto, build_module, init_params
     from evalharness.policies.octo_jax.policy import OctoJaxPolicy
 
-    fixture = load_checkpoint(fixtures / EXAMPLE_CHECKPOINT)
-    raw = octo_small_config(fixture.config)
-    config = OctoConfig.from_checkpoint_config(raw)
-    t5 = T5EncoderConfig(**OCTO_SMALL_T5)
-    batch = example_batch()
-    module = build_module(config, t5)
-    params = init_params(module, batch, seed=0)
+    shape = OctoSmallShape.build(fixtures)
+    module = build_module(shape.config, shape.t5)
+    params = init_params(module, shape.batch, seed=0)
     ckpt = OctoCheckpoint(
-        Path("random-octo-small"), 0, raw, batch, fixture.dataset_statistics, params
-    )
+        Path("random-octo-small"), 0, shape.raw, shape.batch, shape.fixture.dataset_statistics,
+        params,
+    )  # fmt: skip
     loaded = LoadedOcto(
         module,
         params,
-        config,
-        OctoInputSpec.from_example_batch(batch),
+        shape.config,
+        OctoInputSpec.from_example_batch(shape.batch),
         ckpt,
         CompatibilityReport([]),
-        t5,
+        shape.t5,
     )
-    # T5-base's sentencepiece vocabulary is not available offline; the tiny tokenizer's ids are
-    # valid T5-base ids, and the encoder's cost does not depend on which ids they are.
-    assert config.text_processor is not None
-    tokenizer = TextTokenizer(fixtures / EXAMPLE_TOKENIZER, config.text_processor)
-    stats = select_statistics(fixture.dataset_statistics, EXAMPLE_STATS)
-    return OctoJaxPolicy(loaded, stats, tokenizer)
+    return OctoJaxPolicy(loaded, shape.statistics, shape.tokenizer)
 
 
 def latency_models(fixtures: Path, options: Mapping[str, str]) -> dict[str, Callable[[], Policy]]:
