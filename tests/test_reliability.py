@@ -331,6 +331,31 @@ def test_killed_worker_reschedules_once_and_outcomes_match_an_undisturbed_run(
 
 @pytest.mark.sim
 @pytest.mark.slow
+def test_a_killed_worker_of_two_envs_takes_both_episodes_and_outcomes_still_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Runner(_config(tmp_path / "reference"), load_policy("random")).run()
+    # One worker process hosting two envs: episodes 0 and 1 start side by side; episode 1's
+    # step 2 kills the process on its first try, and episode 0 goes down with it.
+    monkeypatch.setenv(faults.FAULTS_ENV, "kill:task=0,episode=1,step=2,attempt=0")
+    faulted = tmp_path / "faulted"
+    Runner(_config(faulted, envs_per_worker=2), load_policy("random")).run()
+    pd.testing.assert_frame_equal(outcomes(faulted), outcomes(tmp_path / "reference"))
+    run = json.loads((faulted / "run.json").read_text())
+    assert run["config"]["envs_per_worker"] == 2
+    actions = [(i["episode_index"], i["attempt"], i["action"]) for i in run["incidents"]]
+    assert actions == [
+        (1, 0, "rescheduled on a fresh worker"),
+        (0, 0, "rescheduled with its worker's envs"),
+    ]
+    assert run["incidents"][1]["detail"].endswith(
+        "; the episode ran on env 0 of the same worker process"
+    )
+
+
+@pytest.mark.sim
+@pytest.mark.slow
 def test_simulator_instability_is_recorded_as_sim_unstable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -450,7 +450,15 @@ def _start_cli_server(policy: str, *extra: str) -> tuple[subprocess.Popen[str], 
     raise AssertionError("evalharness serve did not start")
 
 
-OUTCOME_COLUMNS = ["task_id", "episode_index", "seed", "success", "steps", "failure_reason"]
+OUTCOME_COLUMNS = [
+    "task_id",
+    "episode_index",
+    "seed",
+    "success",
+    "steps",
+    "failure_reason",
+    "scene_fingerprint",
+]
 
 
 def _outcomes(run_dir: Path) -> list[dict[str, Any]]:
@@ -493,11 +501,11 @@ def _run(policy: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str
 @pytest.mark.sim
 @pytest.mark.slow
 def test_scripted_served_remotely_gives_the_in_process_outcomes(tmp_path):
-    local = _run("scripted", tmp_path / "local")
+    local = _run("scripted", tmp_path / "local", "--episodes-per-task", "4")
     assert local.returncode == 0, local.stderr
     proc, url = _start_cli_server("scripted")
     try:
-        remote = _run(f"remote:{url}", tmp_path / "remote")
+        remote = _run(f"remote:{url}", tmp_path / "remote", "--episodes-per-task", "4")
     finally:
         proc.kill()
         proc.wait()
@@ -506,10 +514,13 @@ def test_scripted_served_remotely_gives_the_in_process_outcomes(tmp_path):
     run = json.loads((tmp_path / "remote" / "run.json").read_text())
     assert run["identity"]["policy_identity"]["policy"] == "scripted"
     assert run["config"]["checkpoint"] == f"scripted via {url}"
-    # The remote run was pipelined (two groups of one env, a connection each), the local
-    # one lockstep: the outcomes above are equal all the same.
-    assert run["config"]["pipeline"] is True
-    assert json.loads((tmp_path / "local" / "run.json").read_text())["config"]["pipeline"] is False
+    # The remote run was pipelined on two workers of two envs each (one env of each worker
+    # per group, a connection per group), the local one lockstep on two workers of one env:
+    # the outcomes above, scenes included, are equal all the same.
+    config = run["config"]
+    assert (config["pipeline"], config["num_envs"], config["envs_per_worker"]) == (True, 2, 2)
+    config = json.loads((tmp_path / "local" / "run.json").read_text())["config"]
+    assert (config["pipeline"], config["num_envs"], config["envs_per_worker"]) == (False, 2, 1)
 
 
 class SleepsOnOneEpisode(Policy):
