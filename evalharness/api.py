@@ -257,6 +257,11 @@ def evaluate(
     display = progress_view.mode(progress)
     if executor not in ("local", "ray"):
         raise UsageError(f"executor={executor!r}: expected 'local' or 'ray'")
+    if executor == "ray" and envs_per_worker is not None:
+        raise UsageError(
+            f"envs_per_worker={envs_per_worker} (--envs-per-worker) sets local worker processes; "
+            "Ray actors take ray_envs_per_worker (--ray-envs-per-worker)"
+        )
     base = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     resolved_protocol = base.with_overrides(
         episodes_per_task=episodes_per_task,

@@ -67,6 +67,17 @@ def test_protocols_lists_the_presets(capsys: pytest.CaptureFixture[str]) -> None
             ["run", "--suite", "libero_spatial", "--policy", "zero", "--episodes-per-task", "0"],
             "episodes_per_task",
         ),
+        (
+            ["run", "--suite", "libero_spatial", "--policy", "zero", "--envs-per-worker", "0"],
+            "--envs-per-worker must be >= 1, got 0",
+        ),
+        (
+            [
+                *("run", "--suite", "libero_spatial", "--policy", "zero"),
+                *("--executor", "ray", "--envs-per-worker", "2"),
+            ],
+            "Ray actors take ray_envs_per_worker (--ray-envs-per-worker)",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message_that_names_the_problem(

@@ -248,3 +248,39 @@ def test_a_dead_worker_takes_its_envs_episodes_and_only_the_faulty_one_uses_up_a
         "env worker 0 died during step of task 0 episode 0; "
         "the episode ran on env 1 of the same worker process"
     )
+
+
+@pytest.mark.parametrize(
+    ("lanes", "pipeline", "num_envs", "envs_per_worker", "expected"),
+    [
+        (True, None, 2, None, (2, True)),  # a remote policy: two envs per worker, one per group
+        (True, None, 1, None, (2, True)),  # one worker: its two envs are the two groups
+        (True, False, 2, None, (1, False)),  # --no-pipeline: one env per worker, lockstep
+        (True, None, 1, 1, (1, False)),  # a single env cannot pipeline
+        (False, None, 2, None, (1, False)),  # in-process policies have no lanes
+        (False, None, 2, 3, (3, False)),  # --envs-per-worker wins, lockstep
+    ],
+)
+def test_envs_per_worker_defaults_to_one_per_pipeline_group(
+    tmp_path, lanes, pipeline, num_envs, envs_per_worker, expected
+):
+    from evalharness.protocols import get_protocol
+    from evalharness.runner import RunConfig, Runner
+
+    policy = LanePolicy([])
+    policy.pipelines = lanes
+    config = RunConfig(
+        suite="libero_spatial",
+        policy="lanes",
+        out_dir=tmp_path,
+        protocol=get_protocol("openvla"),
+        task_ids=(0,),
+        num_envs=num_envs,
+        pipeline=pipeline,
+        envs_per_worker=envs_per_worker,
+    )
+    runner = Runner(config, policy)
+    assert (runner.envs_per_worker, runner.pipelined) == expected
+    executor = runner.make_executor()
+    assert isinstance(executor, LocalExecutor)
+    assert (executor.num_workers, executor.envs_per_worker) == (num_envs, expected[0])
