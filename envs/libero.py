@@ -26,6 +26,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import string
 import tempfile
 from dataclasses import dataclass
@@ -235,6 +236,37 @@ def _compiled_body_poses(xml: str) -> tuple[np.ndarray, np.ndarray]:
 
     model = mujoco.MjModel.from_xml_string(xml)
     return np.array(model.body_pos), np.array(model.body_quat)
+
+
+#: MuJoCo writes a file asset's `content_type` only when it read the file itself, not when the
+#: mesh came from its process-wide asset cache; the attribute is implied by the file's extension.
+_CONTENT_TYPE = re.compile(r' content_type="[^"]*"')
+
+
+def saved_mjcf(model: Any, xml: str) -> str:
+    """MuJoCo's own MJCF save of `model` (a `mujoco.MjModel` compiled from `xml`) with its
+    current values written back: placed fixtures, changed colours. This is the form robosuite's
+    `sim.model.get_xml()` returns and LIBERO's demo files keep as `model_file`, but it depends
+    on `model` and `xml` alone, never on what else the process compiled.
+
+    `mj_saveLastXML` saves the XML this *process* parsed last, so after another env was built
+    or a model recompiled, `get_xml()` returns that model's XML (silently, whatever the sizes),
+    and a mesh's `content_type` appears or not with the state of MuJoCo's asset cache. Parsing
+    `xml` just before saving, and dropping `content_type`, removes both.
+    """
+    import mujoco
+
+    parsed = mujoco.MjModel.from_xml_string(xml)
+    for size in ("nbody", "njnt", "ngeom", "nsite", "nmesh", "ntex", "nmat"):
+        if getattr(parsed, size) != getattr(model, size):
+            raise ValueError(
+                f"the MJCF given compiles to a model with {size}={getattr(parsed, size)}, "
+                f"the model to save has {size}={getattr(model, size)}; pass the XML it was built from"
+            )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.xml")
+        mujoco.mj_saveLastXML(path, model)
+        return _CONTENT_TYPE.sub("", Path(path).read_text())
 
 
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -462,6 +494,13 @@ class LiberoEnv(gym.Env):
     def get_sim_state(self) -> np.ndarray:
         """The flattened MuJoCo state, as stored in LIBERO's init states and demos."""
         return np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
+
+    def model_xml(self) -> str:
+        """The MJCF of this env's model as it stands now, as LIBERO's demo files store it per
+        demo (`model_file`). After a reset it holds that episode's fixture placements, which
+        the flat sim state does not; it is the same in any process (see `saved_mjcf`)."""
+        env = self._env.env
+        return saved_mjcf(env.sim.model._model, env.model.get_xml())
 
     def _observation(self, raw: dict[str, Any], read: bool = True) -> dict[str, Any]:
         if not read:  # a step skipped by the render schedule: its frames were never rendered

@@ -6,8 +6,10 @@ One `<task_name>_demo.hdf5` per task, in the layout of LIBERO's own datasets
     data                      attrs: env_name, problem_info (JSON), macros_image_convention,
                               bddl_file_name, bddl_file_content, env_args (JSON), num_demos,
                               total, tag="libero-v1" (+ evalharness_* provenance)
-    data/demo_<i>             attrs: num_samples, model_file (MJCF), init_state (+ init_state_index,
-                              seed, success)
+    data/demo_<i>             attrs: num_samples, model_file (MJCF of the env's model after the
+                              demo's reset: its fixture placements), init_state (+ the run
+                              episode it is: episode_index, init_state_index, seed,
+                              scene_fingerprint; success)
         actions       (T, 7)  float64, the env actions executed (OSC_POSE deltas, gripper +-1)
         states        (T, D)  float64, flat MuJoCo state *before* each action
         robot_states  (T, 9)  float64, gripper qpos 2 + eef pos 3 + eef quat 4 (xyzw)
@@ -42,7 +44,7 @@ from evalharness.envs.rotations import quat2axisangle
 from evalharness.policies.base import Policy
 from evalharness.policies.registry import EXPERT_POLICY
 from evalharness.protocols import Protocol, get_protocol
-from evalharness.scheduling import ActiveEpisode, policy_seed, query_policy
+from evalharness.scheduling import ActiveEpisode, query_policy, task_episode
 from evalharness.worker import Episode
 
 LIBERO_TAG = "libero-v1"
@@ -64,7 +66,13 @@ class Demo:
     actions: list[np.ndarray] = field(default_factory=list)
     success: bool = False
     init_state_index: int = 0
+    #: the env seed and episode index of `evalharness run`'s episode this demo is
+    #: (`scheduling.task_episode`), and its scene's fingerprint after the warm-up.
     seed: int = 0
+    episode_index: int = 0
+    scene_fingerprint: str = ""
+    #: The env's MJCF after this episode's reset (`LiberoEnv.model_xml`), LIBERO's `model_file`.
+    model_xml: str = ""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -105,7 +113,11 @@ class DemoRecorder(gym.Wrapper):
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
-        self.demo = Demo(init_state_index=int(info.get("init_state_index", 0)))
+        self.demo = Demo(
+            init_state_index=int(info.get("init_state_index", 0)),
+            scene_fingerprint=str(info.get("scene_fingerprint", "")),
+            model_xml=self.base.model_xml(),
+        )
         self._pending = self._snapshot()
         return obs, info
 
@@ -137,36 +149,25 @@ def _wrap_for_policy(env: gym.Env, policy: Policy) -> gym.Env:
     )
 
 
-def rollout(
-    env: gym.Env,
-    recorder: DemoRecorder,
-    policy: Policy,
-    init_state_index: int,
-    seed: int,
-    policy_seed: int,
-) -> Demo:
+def rollout(env: gym.Env, recorder: DemoRecorder, policy: Policy, episode: Episode) -> Demo:
     """One episode of `policy` on a wrapped env; returns what `recorder` logged.
 
-    The policy is queried as `evalharness run` queries it (`evalharness.scheduling`): the same
-    `tasks` dict, padding and action checks, so a recorded demo is an episode of a run.
+    The env is reset with the episode's own arguments (`Episode.reset_arguments`: its init
+    state and the scene its protocol's seeding gives it) and the policy is queried as
+    `evalharness run` queries it (`evalharness.scheduling`): the same `tasks` dict, policy
+    seed, padding and action checks, so a recorded demo is that episode of a run.
     """
-    obs, _ = env.reset(seed=seed, options={"init_state_index": init_state_index})
+    seed, options = episode.reset_arguments()
+    obs, _ = env.reset(seed=seed, options=options)
     policy.reset(1)
-    episode = Episode(
-        suite=recorder.base.task.suite,
-        task_id=recorder.base.task.task_id,
-        episode_index=0,
-        init_state_index=init_state_index,
-        seed=seed,
-        policy_seed=policy_seed,
-    )
     active = ActiveEpisode(episode, recorder.base.task.instruction, obs, time.monotonic())
     while True:
         chunk = query_policy(policy, [active], policy.spec.name)[0]
         active.obs, _, terminated, truncated, _ = env.step(chunk)
         if terminated or truncated:
             break
-    recorder.demo.seed = seed
+    recorder.demo.seed = episode.seed
+    recorder.demo.episode_index = episode.episode_index
     return recorder.demo
 
 
@@ -197,7 +198,6 @@ class TaskFile:
     problem_info: dict[str, Any]
     env_args: dict[str, Any]
     bddl_file: str
-    model_xml: str
 
     @classmethod
     def of(cls, env: LiberoEnv) -> TaskFile:
@@ -220,7 +220,6 @@ class TaskFile:
                 "env_kwargs": _env_kwargs(env),
             },
             bddl_file=env.task.bddl_file,
-            model_xml=robosuite_env.sim.model.get_xml(),
         )
 
 
@@ -232,8 +231,14 @@ def write_demos(
     import robosuite.macros as macros
 
     info = env if isinstance(env, TaskFile) else TaskFile.of(env)
-    env_name, env_args, model_xml = info.env_name, info.env_args, info.model_xml
+    env_name, env_args = info.env_name, info.env_args
     problem_info = info.problem_info
+    for i, demo in enumerate(demos):
+        if not demo.model_xml:
+            raise ValueError(
+                f"demo {i} for {path} has no model_xml (the env's MJCF after its reset, written "
+                "as LIBERO's model_file); record demos with DemoRecorder"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".hdf5.tmp")
     with h5py.File(tmp, "w") as f:
@@ -270,10 +275,12 @@ def write_demos(
             g.create_dataset("rewards", data=rewards)
             g.create_dataset("dones", data=dones)
             g.attrs["num_samples"] = n
-            g.attrs["model_file"] = model_xml
+            g.attrs["model_file"] = demo.model_xml
             g.attrs["init_state"] = demo.states[0]
             g.attrs["init_state_index"] = demo.init_state_index
             g.attrs["seed"] = demo.seed
+            g.attrs["episode_index"] = demo.episode_index
+            g.attrs["scene_fingerprint"] = demo.scene_fingerprint
             g.attrs["success"] = demo.success
             total += n
         grp.attrs["num_demos"] = len(demos)
@@ -329,16 +336,8 @@ class _TaskEnv:
         self.env = _wrap_for_policy(self.recorder, policy)
 
     def episode(self, config: RecordConfig, policy: Policy, i: int) -> Demo:
-        """Episode ``i`` of the task: init state i % num_init_states, seed protocol.seed + i."""
-        p = config.protocol
-        return rollout(
-            self.env,
-            self.recorder,
-            policy,
-            init_state_index=i % self.task.num_init_states,
-            seed=p.seed + i,
-            policy_seed=policy_seed(p.seed, self.task.task_id, i),
-        )
+        """Episode ``i`` of the task, as `evalharness run` schedules it (`task_episode`)."""
+        return rollout(self.env, self.recorder, policy, task_episode(config.protocol, self.task, i))
 
     def close(self) -> None:
         self.base.close()
@@ -347,8 +346,9 @@ class _TaskEnv:
 def record(config: RecordConfig, policy: Policy | None = None, progress: bool = True) -> list[Path]:
     """Roll `config.policy` out on each task and write one `<task_name>_demo.hdf5` per task.
 
-    Episode i starts from official init state i % 50 with seed `protocol.seed + i`, after the
-    protocol's warm-up steps, as in `evalharness run`. With `only_success`, failed episodes
+    Episode i is `evalharness run --protocol P`'s episode i (`scheduling.task_episode`): init
+    state i % 50, the scene the protocol's seeding gives it (so the same scene fingerprint),
+    the same policy seed, recorded after the protocol's warm-up steps. With `only_success`, failed episodes
     are left out (a task may then get fewer demos, or none: its file is still written).
     With ``config.num_envs > 1`` the episodes run in that many spawned worker processes, each
     loading the policy from ``config.policy`` (``policy`` must then be None); the files written
@@ -543,16 +543,33 @@ def replay_demo(path: str | Path, demo: str = "demo_0", suite: str | None = None
     """Replay a recorded demo's `actions` from its first `states` row in a fresh env.
 
     Returns whether LIBERO's success check fires. The task is found from the file's
-    `bddl_file_name`; pass `suite` if that file is not one of LIBERO's suites.
+    `bddl_file_name`; pass `suite` if that file is not one of LIBERO's suites. A file that
+    `record` wrote is replayed in its demo's scene (the fixture placement of the run episode
+    it is, which `states` does not hold); other files with the env seeded 0.
     """
     import h5py
 
     with h5py.File(path, "r") as f:
         bddl = str(f["data"].attrs["bddl_file_name"])
+        protocol = json.loads(f["data"].attrs.get("evalharness_protocol", "{}"))
+        attrs = dict(f[f"data/{demo}"].attrs)
         states = np.asarray(f[f"data/{demo}/states"])
         actions = np.asarray(f[f"data/{demo}/actions"])
         size = int(f[f"data/{demo}/obs/agentview_rgb"].shape[1])
     task = _task_for_bddl(bddl, suite)
+    seed: int | None = 0
+    options: dict[str, Any] = {}
+    if "episode_index" in attrs and "seeding" in protocol:
+        episode = Episode(
+            suite=task.suite,
+            task_id=task.task_id,
+            episode_index=int(attrs["episode_index"]),
+            init_state_index=int(attrs["init_state_index"]),
+            seed=int(attrs["seed"]),
+            seeding=str(protocol["seeding"]),
+        )
+        seed, options = episode.reset_arguments()
+    options["sim_state"] = states[0]
     env = LiberoEnv(
         task.suite,
         task.task_id,
@@ -562,7 +579,7 @@ def replay_demo(path: str | Path, demo: str = "demo_0", suite: str | None = None
         render_images=False,
     )
     try:
-        env.reset(seed=0, options={"sim_state": states[0]})
+        env.reset(seed=seed, options=options)
         for action in actions:
             _, _, terminated, truncated, _ = env.step(action)
             if terminated:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from evalharness.protocols import Protocol
-from evalharness.worker import Episode
+from evalharness.scheduling import task_episode
 
 __all__ = ["FINGERPRINT_COLUMNS", "format_fingerprints", "suite_fingerprints"]
 
@@ -50,14 +50,7 @@ def suite_fingerprints(
         )
         try:
             for i in range(count):
-                episode = Episode(
-                    suite=suite,
-                    task_id=task.task_id,
-                    episode_index=i,
-                    init_state_index=i % task.num_init_states,
-                    seed=protocol.episode_env_seed(i),
-                    seeding=protocol.seeding,
-                )
+                episode = task_episode(protocol, task, i)  # as the run schedules it
                 seed, options = episode.reset_arguments()
                 _, info = env.reset(seed=seed, options=options)
                 rows.append(

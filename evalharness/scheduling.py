@@ -4,10 +4,11 @@ Shared by every executor (local worker processes, Ray actors) and by `evalharnes
 that an episode sees the same seeds, the same `tasks` dict and the same batched `act()` call
 wherever it runs:
 
-- `schedule`: every episode of a run, task-major; episode i of a task starts from init state
-  `i % num_init_states`, its scene seeded as the protocol's `seeding` says (its own env seed
-  `env_seed + i`, or place i in the task's stream seeded `env_seed`), with its own policy
-  seed (`policy_seed`);
+- `schedule`: every episode of a run, task-major, each made by `task_episode`: episode i of a
+  task starts from init state `i % num_init_states`, its scene seeded as the protocol's
+  `seeding` says (its own env seed `env_seed + i`, or place i in the task's stream seeded
+  `env_seed`), with its own policy seed (`policy_seed`); `evalharness record` makes its
+  episodes with `task_episode` too, so recorded demo i shows run episode i's scene;
 - `next_episode`: a free worker takes a pending episode of the task it has built (no env
   rebuild), else the first pending one;
 - `query_policy`: one batched `act()` for the live episodes: observations stacked
@@ -25,7 +26,7 @@ import contextlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ from evalharness.policies.base import Policy, PolicyOutputError, check_actions
 from evalharness.run_config import RunConfig
 from evalharness.run_dir import EPISODES_CSV
 from evalharness.worker import Episode
+
+if TYPE_CHECKING:
+    from evalharness.envs.libero import TaskInfo
+    from evalharness.protocols import Protocol
 
 __all__ = [
     "ActiveEpisode",
@@ -48,6 +53,7 @@ __all__ = [
     "schedule",
     "stack_observations",
     "step_tasks",
+    "task_episode",
 ]
 
 
@@ -64,26 +70,33 @@ def policy_seed(seed: int, task_id: int, episode_index: int) -> int:
     return int(np.random.SeedSequence([seed, task_id, episode_index]).generate_state(1)[0])
 
 
+def task_episode(
+    protocol: Protocol, task: TaskInfo, episode_index: int, *, record_video: bool = False
+) -> Episode:
+    """Episode `episode_index` of `task` under `protocol`: init state i % N, the scene the
+    protocol's seeding gives it (`Protocol.episode_env_seed`; reset it with
+    `Episode.reset_arguments`) and its own policy seed. `evalharness run` and
+    `evalharness record` both make their episodes here."""
+    return Episode(
+        suite=task.suite,
+        task_id=task.task_id,
+        episode_index=episode_index,
+        init_state_index=episode_index % task.num_init_states,
+        seed=protocol.episode_env_seed(episode_index),
+        record_video=record_video,
+        policy_seed=policy_seed(protocol.seed, task.task_id, episode_index),
+        seeding=protocol.seeding,
+    )
+
+
 def schedule(config: RunConfig) -> list[Episode]:
-    """Every episode of the run: task-major; episode i uses init state i % N and the scene
-    the protocol's seeding gives it (`Protocol.episode_env_seed`)."""
+    """Every episode of the run (`task_episode`), task-major."""
     protocol = config.protocol
-    episodes = []
-    for task in config.tasks():
-        for i in range(protocol.episodes_per_task):
-            episodes.append(
-                Episode(
-                    suite=task.suite,
-                    task_id=task.task_id,
-                    episode_index=i,
-                    init_state_index=i % task.num_init_states,
-                    seed=protocol.episode_env_seed(i),
-                    record_video=i < config.video_episodes,
-                    policy_seed=policy_seed(protocol.seed, task.task_id, i),
-                    seeding=protocol.seeding,
-                )
-            )
-    return episodes
+    return [
+        task_episode(protocol, task, i, record_video=i < config.video_episodes)
+        for task in config.tasks()
+        for i in range(protocol.episodes_per_task)
+    ]
 
 
 def next_episode(pending: deque[Episode], built_task: tuple[str, int] | None) -> Episode:

@@ -144,9 +144,11 @@ def test_frames_are_in_libero_raw_orientation_and_rows_precede_their_actions(dem
     LIBERO's HDF5 files: rotating it 180° gives the harness' upright `image_primary`."""
     import h5py
 
-    from evalharness.envs.libero import LiberoEnv, upright
+    from evalharness.envs.libero import LiberoEnv, get_task, upright
+    from evalharness.scheduling import task_episode
 
     protocol = get_protocol("openvla")
+    seed, options = task_episode(protocol, get_task(SUITE, TASK), 0).reset_arguments()
     env = LiberoEnv(
         SUITE,
         TASK,
@@ -156,7 +158,7 @@ def test_frames_are_in_libero_raw_orientation_and_rows_precede_their_actions(dem
         wait_action=protocol.wait_action,
     )
     try:
-        obs, _ = env.reset(seed=protocol.seed, options={"init_state_index": 0})
+        obs, _ = env.reset(seed=seed, options=options)
         state = env.get_sim_state()
     finally:
         env.close()
@@ -193,12 +195,6 @@ def _contents(path: Path) -> dict:
 
 @pytest.mark.sim
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 21 open): after other LIBERO envs were built in the same process, "
-    "the one-worker recording's data/demo_0@model_file XML differs from the spawned workers'; "
-    "the test passes when run alone",
-)
 def test_two_workers_write_the_same_files_as_one(tmp_path):
     from evalharness.record import record_demos
 
@@ -212,6 +208,98 @@ def test_two_workers_write_the_same_files_as_one(tmp_path):
         assert "data/demo_1/actions" in got
         for key, value in want.items():
             np.testing.assert_array_equal(got[key], value, err_msg=f"{a.name} {key}")
+
+
+_TETRAHEDRON = "v 0 0 0\nv 0.1 0 0\nv 0 0.1 0\nv 0 0 0.1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+
+
+def test_saved_mjcf_depends_on_the_model_alone_not_on_what_the_process_parsed(tmp_path):
+    """MuJoCo's save writes the XML the process parsed last, and notes a mesh's content_type
+    only when the file was read rather than taken from the asset cache (touching the file
+    evicts it): neither may change the saved MJCF."""
+    import os
+
+    import mujoco
+
+    from evalharness.envs.libero import saved_mjcf
+
+    mesh = tmp_path / "tetrahedron.obj"
+    mesh.write_text(_TETRAHEDRON)
+    xml = (
+        f'<mujoco model="tiny"><asset><mesh name="tet" file="{mesh}"/></asset><worldbody>'
+        '<body><freejoint/><geom type="mesh" mesh="tet"/></body></worldbody></mujoco>'
+    )
+    model = mujoco.MjModel.from_xml_string(xml)
+    model.geom_rgba[0] = [1, 0, 0, 1]  # a value changed after compiling, as a placed fixture
+    first = saved_mjcf(model, xml)
+    mujoco.MjModel.from_xml_string('<mujoco model="other"/>')
+    os.utime(mesh, (mesh.stat().st_atime, mesh.stat().st_mtime + 5))
+    assert saved_mjcf(model, xml) == first
+    assert first.startswith('<mujoco model="tiny">')
+    assert 'rgba="1 0 0 1"' in first and "content_type" not in first
+    with pytest.raises(ValueError, match="with nbody=1, the model to save has nbody=2"):
+        saved_mjcf(model, '<mujoco model="other"/>')
+
+
+@pytest.mark.sim
+def test_model_file_is_the_envs_own_model_after_another_was_parsed_in_the_process(tmp_path):
+    """The state leak of issue 21: another LIBERO env built (or any MJCF parsed) in the same
+    process made the next file's model_file that other model's XML."""
+    import mujoco
+
+    from evalharness.envs.libero import LiberoEnv
+    from evalharness.record import DemoRecorder, write_demos
+
+    env = LiberoEnv(SUITE, TASK, camera_size=SIZE, max_steps=2)
+    recorder = DemoRecorder(env)
+
+    def model_file(name: str) -> str:
+        recorder.reset(seed=7, options={"init_state_index": 0})
+        recorder.step(np.zeros(7))
+        path = write_demos(tmp_path / name, env, [recorder.demo], {})
+        return str(_contents(path)["data/demo_0@model_file"])
+
+    try:
+        alone = model_file("alone.hdf5")
+        mujoco.MjModel.from_xml_string('<mujoco model="other"/>')
+        assert model_file("after_another.hdf5") == alone
+    finally:
+        env.close()
+    assert alone.startswith('<mujoco model="base">') and "basket_1" in alone
+
+
+@pytest.mark.sim
+def test_recorded_demo_i_starts_from_the_scene_of_run_episode_i(tmp_path):
+    """libero_goal places its cabinet and stove by the scene seed; under openvla's task stream
+    (env.seed(0) once, episodes in order) demo i must show what `evalharness run` shows."""
+    import h5py
+    import pandas as pd
+
+    from evalharness.api import evaluate
+    from evalharness.record import record_demos
+    from evalharness.run_dir import EPISODES_CSV
+
+    short = dict(tasks=[0], episodes_per_task=2, protocol="openvla", max_steps=2, camera_size=SIZE)
+    evaluate("zero", "libero_goal", out=tmp_path / "run", num_envs=1, progress=False, **short)
+    runs = pd.read_csv(tmp_path / "run" / EPISODES_CSV).sort_values("episode_index")
+    (path,) = record_demos(
+        "libero_goal",
+        [0],
+        tmp_path / "demos",
+        policy="zero",
+        episodes_per_task=2,
+        only_success=False,
+        max_steps=2,
+        camera_size=SIZE,
+    )
+    with h5py.File(path, "r") as f:
+        demos = [dict(f[f"data/demo_{i}"].attrs) for i in range(2)]
+    assert [(d["episode_index"], d["init_state_index"], d["seed"]) for d in demos] == [
+        (0, 0, 0),
+        (1, 1, 0),
+    ]
+    assert [d["scene_fingerprint"] for d in demos] == runs["scene_fingerprint"].tolist()
+    assert demos[0]["scene_fingerprint"] != demos[1]["scene_fingerprint"]
 
 
 def test_record_num_envs_reaches_the_config_and_is_checked():
