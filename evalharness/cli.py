@@ -555,6 +555,16 @@ def _add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument("--eval-out", default=None, help="run directory (default: as `run` names it)")
     e.add_argument("--eval-seed", type=int, default=None, help="the run's --seed")
+    e.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="finetune on N processes, as `finetune --nproc`; the run that follows is one "
+        "run, as `run` makes it (default: 1)",
+    )
+    # What `--nproc` relaunches under torchrun: the ranks finetune, the launcher evaluates.
+    e.add_argument("--finetune-only", action="store_true", help=argparse.SUPPRESS)
     # Every other `run` flag, taken from the run parser itself so the two never drift apart.
     scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
     _add_run_parser(scratch)
@@ -624,31 +634,52 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     )
 
 
+def _launch_ranks(args: argparse.Namespace, extra: Sequence[str] = ()) -> int | None:
+    """`--nproc N` > 1 outside torchrun: run this command (without --nproc, plus `extra`) as N
+    torchrun ranks and return their exit status; None: this process trains."""
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(f"--nproc {args.nproc} launches torchrun, which needs torch")
+
+    from evalharness.policies.common.distributed import launch_command
+
+    # torchrun starts N copies of this command (without --nproc), one per rank.
+    return subprocess.call(launch_command(args.nproc, [*args.argv, *extra]))
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        import importlib.util
-        import subprocess
-
-        if importlib.util.find_spec("torch") is None:
-            raise UsageError(f"--nproc {args.nproc} launches torchrun, which needs torch")
-
-        from evalharness.policies.common.distributed import launch_command
-
-        # torchrun starts N copies of this command (without --nproc), one per rank.
-        return subprocess.call(launch_command(args.nproc, args.argv))
-    if args.nproc < 1:
-        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    status = _launch_ranks(args)
+    if status is not None:
+        return status
     run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
     return 0
 
 
 def cmd_finetune_then_eval(args: argparse.Namespace) -> int:
     from evalharness.api import run_finetune
-    from evalharness.finetune import record_finetune_in_run
+    from evalharness.finetune import finished_finetune, record_finetune_in_run
+    from evalharness.policies.common.distributed import launched_rank
 
-    result = run_finetune(_finetune_config(args), wandb=args.wandb, tensorboard=args.tensorboard)
+    # The ranks finetune; the run happens once, here, outside torchrun (its workers and
+    # threads as `run` sets them, not one OpenMP thread per rank).
+    status = _launch_ranks(args, ["--finetune-only"])
+    if status is not None:
+        if status != 0:
+            return status
+        result = finished_finetune(Path(args.out))
+    else:
+        config = _finetune_config(args)
+        result = run_finetune(config, wandb=args.wandb, tensorboard=args.tensorboard)
+        if args.finetune_only or launched_rank() != 0:
+            return 0  # under a torchrun started by hand, rank 0 alone runs the evaluation
     run_args = argparse.Namespace(**vars(args))
     run_args.policy = result.policy
     run_args.option = []
@@ -698,7 +729,20 @@ def _add_record_parser(sub: argparse._SubParsersAction) -> None:
         "--episodes-per-task", type=int, default=None, help="default: the protocol's (50)"
     )
     r.add_argument("--max-steps", type=int, default=None, help="step limit for every suite")
-    r.add_argument("--seed", type=int, default=None, help="base seed; episode i uses seed+i")
+    r.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="as `run --seed`: the policy's sampling seeds (and the env seeds, unless the "
+        "protocol has its own env seed)",
+    )
+    r.add_argument(
+        "--seeding",
+        choices=("task_stream", "per_episode"),
+        default=None,
+        help="as `run --seeding`: demo i shows the scene run episode i shows",
+    )
+    r.add_argument("--env-seed", type=int, default=None, help="as `run --env-seed`")
     r.add_argument(
         "--camera-size", type=int, default=128, help="frame size in pixels (LIBERO's: 128)"
     )
@@ -717,7 +761,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     from evalharness.runner import parse_task_ids
 
     protocol = get_protocol(args.protocol).with_overrides(
-        episodes_per_task=args.episodes_per_task, max_steps=args.max_steps, seed=args.seed
+        episodes_per_task=args.episodes_per_task,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        seeding=args.seeding,
+        env_seed=args.env_seed,
     )
     config = RecordConfig(
         suite=args.suite,

@@ -105,6 +105,7 @@ __all__ = [
     "Trainer",
     "TrainerFactory",
     "finetune",
+    "finished_finetune",
     "get_trainer_factory",
     "known_trainers",
     "register_trainer",
@@ -528,6 +529,27 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] | None = None) -
     say(f"finetuned {step} steps → {out} (evaluate with --policy {trainer.policy_string(out)})")
     shard.barrier()
     return FinetuneResult(out, trainer.policy_string(out), step, log_path, report, losses)
+
+
+def finished_finetune(out_dir: str | os.PathLike[str]) -> FinetuneResult:
+    """The result of a finetune that finished in other processes, read from its files
+    (`finetune-then-eval --nproc N` evaluates once its torchrun ranks have exited)."""
+    out = Path(out_dir)
+    path = out / FINETUNE_JSON
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    if info.get("status") != "finished":
+        raise FinetuneError(
+            f"{path} does not record a finished finetune (status {info.get('status')!r}, "
+            "expected 'finished'); see the ranks' output above"
+        )
+    log_path = out / TRAIN_LOG
+    with log_path.open(newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    report_path = out / REPORT_JSON
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    return FinetuneResult(
+        out, str(info["policy_string"]), int(info["step"]), log_path, report, losses
+    )
 
 
 def _hold_out(dataset: Dataset, count: int) -> tuple[Dataset, list[int], bool]:

@@ -49,6 +49,54 @@ def test_nproc_relaunches_the_same_command_under_torchrun():
     assert launch_command(3, ["finetune", "--nproc=3"])[-1] == "finetune"
 
 
+def test_finetune_then_eval_nproc_finetunes_on_torchrun_ranks_then_runs_once_here(
+    monkeypatch, tmp_path
+):
+    from evalharness import cli, finetune
+    from evalharness.finetune import FinetuneResult
+
+    argv = ["finetune-then-eval", "--policy", "octo_pt:ckpt", "--data", "demos", "--out",
+            str(tmp_path / "ft"), "--suite", "libero_object", "--tasks", "0", "--nproc", "2"]  # fmt: skip
+    args = cli.build_parser().parse_args(argv)
+    assert (args.nproc, args.finetune_only, args.tasks) == (2, False, "0")
+    assert cli.build_parser().parse_args(argv[:-2]).nproc == 1
+    done = FinetuneResult(tmp_path / "ft", f"octo_pt:{tmp_path / 'ft'}", 5, tmp_path, None, [0.5])
+    calls: list = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(finetune, "finished_finetune", lambda out: done)
+    monkeypatch.setattr(cli, "cmd_run", lambda a: calls.append(("run", a.policy, a.tasks)) or 0)
+    monkeypatch.setattr(
+        finetune, "record_finetune_in_run", lambda run_dir, r: calls.append(("linked", r.step))
+    )
+    assert cli.main(argv) == 0
+    # the ranks finetune only; the launcher evaluates the finished checkpoint, once
+    assert calls == [
+        launch_command(2, [*argv[:-2], "--finetune-only"]),
+        ("run", done.policy, "0"),
+        ("linked", 5),
+    ]
+
+
+def test_a_finished_finetune_reads_back_from_its_files_and_an_unfinished_one_is_refused(tmp_path):
+    from evalharness.finetune import FINETUNE_JSON, TRAIN_LOG, finished_finetune
+
+    (tmp_path / TRAIN_LOG).write_text(
+        "step,loss,learning_rate,grad_norm,time_s\n1,0.5,0,0,0\n2,0.25,0,0,0\n"
+    )
+    info = {"status": "running", "step": 1}
+    (tmp_path / FINETUNE_JSON).write_text(json.dumps(info))
+    with pytest.raises(
+        FinetuneError, match=r"finetune.json does not record a finished .*'running'"
+    ):
+        finished_finetune(tmp_path)
+    info.update(status="finished", step=2, policy_string=f"octo_pt:{tmp_path}")
+    (tmp_path / FINETUNE_JSON).write_text(json.dumps(info))
+    result = finished_finetune(tmp_path)
+    assert (result.policy, result.step, result.losses) == (f"octo_pt:{tmp_path}", 2, [0.5, 0.25])
+    assert result.train_log == tmp_path / TRAIN_LOG
+
+
 def test_jax_refuses_a_batch_its_devices_do_not_divide():
     jax = pytest.importorskip("jax")
     device = jax.devices()[0]

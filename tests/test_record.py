@@ -71,6 +71,10 @@ def test_record_is_a_cli_command_with_the_issue_arguments():
         "d",
     )
     assert args.camera_size == 128 and args.only_success is False
+    assert (args.seed, args.seeding, args.env_seed) == (None, None, None)  # the protocol's
+    argv = ["record", "--policy", "p", "--suite", SUITE, "--out", "d"]
+    seeded = build_parser().parse_args([*argv, "--seeding", "per_episode", "--env-seed", "1000"])
+    assert (seeded.seeding, seeded.env_seed) == ("per_episode", 1000)  # as `run` takes them
 
 
 @pytest.mark.sim
