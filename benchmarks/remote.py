@@ -11,14 +11,21 @@ Three measurements, against the no-op policy (``NO_OP_POLICY``) so that the mode
 
 - pipelining: env steps/s of `evaluate` (libero_spatial task 0, one episode per env, 128 px
   renders of both cameras) with a remote policy whose every `act()` sleeps as long as one env
-  step takes here (measured first, in-process), lockstep and pipelined, at 2 and 4 envs.
+  step takes here (measured first, in-process, with one env per worker), at `--workers` (2)
+  worker processes: lockstep with one env each, pipelined with two envs each (one per
+  pipeline group), and lockstep with twice the workers (as many envs as the pipelined run).
 
-Pipelining overlaps one group's stepping with the other group's inference. With as many envs
-as cores, lockstep already steps every env at once, so two groups of half the envs give the
-same rate (each env still waits for its own actions); the gain comes from running twice the
-envs on the same cores: a group of N/2 steps while the other's actions are computed, so the
-cores stay busy during inference (ideally 2x over lockstep with N/2 envs, 1.5x over lockstep
-with N envs that take turns on the cores).
+Pipelining overlaps one group's stepping with the other group's inference, but each env still
+waits for its own actions: with one env per worker, two groups of one worker each leave every
+process idle half the time. With two envs per worker, each process steps its group-A env
+while group B's actions are computed and its group-B env while A's are: the cores stay busy
+during inference: ideally 2x lockstep at the same number of workers (the figure
+`pipelined_2_workers_over_lockstep_2_workers`), and 1.5x lockstep with the same envs in twice
+the processes, which take turns on the cores and then all wait for the server.
+
+Measured on the shared 2-core development machine (docs/remote-policies.md, "Pipelined
+rollouts", has the table): pipelined at 2 workers over lockstep at 2 workers 1.69x and 1.36x
+(`--steps 15`, load average 2.9-4.4 and 3.9-5.7) and 1.75x (`--steps 30`, load 3.9-5.9).
 
     python benchmarks/remote.py              # 200 repetitions, pipelining with 60-step episodes
     python benchmarks/remote.py --repeat 50 --steps 30
@@ -124,15 +131,17 @@ class SlowPolicy(Policy):
         return self.inner.act(obs, tasks)
 
 
-def _steps_per_s(policy: str, num_envs: int, steps: int, out: Path, **kw: Any) -> float:
+def _steps_per_s(
+    policy: str, num_workers: int, episodes: int, steps: int, out: Path, **kw: Any
+) -> float:
     from evalharness.api import evaluate
 
     result = evaluate(
         policy,
         "libero_spatial",
         tasks=[0],
-        episodes_per_task=num_envs,
-        num_envs=num_envs,
+        episodes_per_task=episodes,
+        num_envs=num_workers,
         max_steps=steps,
         out=out,
         progress=False,
@@ -142,30 +151,45 @@ def _steps_per_s(policy: str, num_envs: int, steps: int, out: Path, **kw: Any) -
     return float(result.run["env_steps_per_s"])
 
 
-def pipelining(steps: int) -> dict[str, Any]:
-    """Env steps/s, lockstep and pipelined, against a server as slow as an env step."""
+def pipelining(steps: int, workers: int = 2) -> dict[str, Any]:
+    """Env steps/s at `workers` worker processes, lockstep (one env each) and pipelined (two
+    envs each, one per group), against a server as slow as an env step; and lockstep with
+    as many envs as the pipelined run, one per process."""
     tmp = Path(tempfile.mkdtemp(prefix="remote-bench-"))
-    local = _steps_per_s(NO_OP_POLICY, 2, steps, tmp / "local")
-    step_s = 2 / local  # two envs step at once on two cores
+    local = _steps_per_s(NO_OP_POLICY, workers, workers, steps, tmp / "local")
+    step_s = workers / local  # the workers step at once, one per core
     server = PolicyServer(ServeConfig(policy="slow", port=0), SlowPolicy(step_s))
     url = f"remote:ws://127.0.0.1:{server.start()}"
+    w = workers
     figures: dict[str, Any] = {
-        "in_process_2_envs_steps_per_s": round(local, 2),
+        f"in_process_{w}_workers_steps_per_s": round(local, 3),
         "env_step_s": round(step_s, 4),
         "server_act_s": round(step_s, 4),
     }
+    runs = {  # name: (worker processes, envs per worker, pipelined); one episode per env
+        f"lockstep_{w}_workers": (w, 1, False),
+        f"pipelined_{w}_workers_2_envs_each": (w, 2, True),
+        f"lockstep_{2 * w}_workers": (2 * w, 1, False),
+    }
     try:
-        for n in (2, 4):
-            for pipeline in (False, True):
-                name = f"{'pipelined' if pipeline else 'lockstep'}_{n}_envs_steps_per_s"
-                rate = _steps_per_s(url, n, steps, tmp / name, pipeline=pipeline)
-                figures[name] = round(rate, 2)
+        for name, (n, per_worker, pipeline) in runs.items():
+            rate = _steps_per_s(
+                url,
+                n,
+                n * per_worker,
+                steps,
+                tmp / name,
+                pipeline=pipeline,
+                envs_per_worker=per_worker,
+            )
+            figures[f"{name}_steps_per_s"] = round(rate, 3)
     finally:
         server.stop()
-    pipelined = figures["pipelined_4_envs_steps_per_s"]
-    for n in (2, 4):
-        lockstep = figures[f"lockstep_{n}_envs_steps_per_s"]
-        figures[f"pipelined_4_over_lockstep_{n}"] = round(pipelined / lockstep, 2)
+    pipelined = figures[f"pipelined_{w}_workers_2_envs_each_steps_per_s"]
+    for name in (f"lockstep_{w}_workers", f"lockstep_{2 * w}_workers"):
+        figures[f"pipelined_{w}_workers_over_{name}"] = round(
+            pipelined / figures[f"{name}_steps_per_s"], 2
+        )
     return figures
 
 
@@ -173,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--steps", type=int, default=60, help="episode length when pipelining")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes when pipelining")
     parser.add_argument("--skip-pipelining", action="store_true")
     args = parser.parse_args()
     figures: dict[str, Any] = {
@@ -180,7 +205,7 @@ def main() -> None:
         "round_trip": round_trips(args.repeat),
     }
     if not args.skip_pipelining:
-        figures["pipelining"] = pipelining(args.steps)
+        figures["pipelining"] = pipelining(args.steps, args.workers)
     print(json.dumps(figures, indent=2))
 
 
