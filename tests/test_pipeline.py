@@ -15,7 +15,7 @@ import pytest
 from evalharness import executors
 from evalharness.executors import EpisodeResult, Incident, LocalExecutor, pipeline_groups
 from evalharness.policies.base import POLICY_TIMEOUT, Policy, PolicySpec
-from evalharness.pool import WorkerDied
+from evalharness.pool import WorkerDied, WorkerTimeout
 from evalharness.worker import Episode
 
 STEPS = 4
@@ -28,6 +28,8 @@ class CounterPool:
     (requests to its envs get no reply, `WorkerDied`, until it is restarted)."""
 
     DIE: ClassVar[dict[tuple[int, int], int]] = {}
+    #: as DIE, for a step that hangs (no reply within the limit: `WorkerTimeout`).
+    HANG: ClassVar[dict[tuple[int, int], int]] = {}
     #: every pool made, for the tests to read its layout and restarts.
     made: ClassVar[list[CounterPool]] = []
 
@@ -60,6 +62,9 @@ class CounterPool:
         if self.DIE.get((e.episode_index, e.attempt)) == s["steps"]:
             self.dead.add(self.worker_of(slot))
             return
+        if self.HANG.get((e.episode_index, e.attempt)) == s["steps"]:
+            self.replies[slot] = "hang"
+            return
         s["total"] += float(np.asarray(payload)[0, 0])
         done = s["steps"] == STEPS
         success = done and s["total"] == e.policy_seed * STEPS
@@ -71,6 +76,8 @@ class CounterPool:
         # Replies sent before the worker died are still read, as from a real pipe.
         if self.replies[slot] is None:
             raise WorkerDied(f"env worker {self.worker_of(slot)} died during {where}")
+        if self.replies[slot] == "hang":
+            raise WorkerTimeout(f"env worker {self.worker_of(slot)} did not answer")
         return self.replies[slot]
 
     def restart(self, slot: int) -> list[int]:
@@ -137,6 +144,7 @@ def _run(
 def counter_pool(monkeypatch):
     monkeypatch.setattr(executors, "WorkerPool", CounterPool)
     monkeypatch.setattr(CounterPool, "DIE", {})
+    monkeypatch.setattr(CounterPool, "HANG", {})
     monkeypatch.setattr(CounterPool, "made", [])
 
 
@@ -248,6 +256,22 @@ def test_a_dead_worker_takes_its_envs_episodes_and_only_the_faulty_one_uses_up_a
         "env worker 0 died during step of task 0 episode 0; "
         "the episode ran on env 1 of the same worker process"
     )
+
+
+def test_a_hung_env_times_out_and_the_other_env_of_its_restarted_worker_runs_again():
+    CounterPool.HANG = {(0, 0): 2}
+    events = list(_executor(LanePolicy([]), 1, False, envs_per_worker=2).run(_episodes(2)))
+    assert [
+        (e.episode.episode_index, e.failure_reason)
+        if isinstance(e, EpisodeResult)
+        else (e.episode.episode_index, e.action)
+        for e in events
+    ] == [
+        (0, "episode_timeout"),
+        (1, "rescheduled with its worker's envs"),
+        (1, ""),
+    ]
+    assert CounterPool.made[-1].restarts == [0]
 
 
 @pytest.mark.parametrize(

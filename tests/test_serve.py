@@ -264,7 +264,9 @@ def _serve(policy: str, port: int) -> subprocess.Popen[str]:
 def _run(port: int, out: Path, *extra: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "evalharness", "run", "--suite", "libero_spatial"]
     command += ["--policy", f"remote:ws://127.0.0.1:{port}?retries=1", "--tasks", "0"]
-    command += ["--episodes-per-task", "2", "--num-envs", "1", "--no-progress"]
+    # One env: the episodes run one after the other, so the server dies between them.
+    command += ["--episodes-per-task", "2", "--num-envs", "1", "--envs-per-worker", "1"]
+    command += ["--no-progress"]
     return subprocess.Popen(
         [*command, "--out", str(out), *extra],
         stdout=subprocess.PIPE,
