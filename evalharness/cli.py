@@ -104,7 +104,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=os.cpu_count() or 1,
         help="worker processes (default: number of cores), each hosting --envs-per-worker "
-        "envs; --executor ray: Ray actors",
+        "envs: a run has NUM_ENVS x that many envs (--executor ray: Ray actors)",
     )
     p.add_argument(
         "--envs-per-worker",

@@ -15,9 +15,9 @@ Harness faults are handled inside the executor and reported with the harness's r
 recorded as `episode_timeout` and its worker replaced. A worker hosting several envs takes
 all their episodes with it: the episode whose request it was serving is handled as above,
 the others are rescheduled as they were (incident `worker_died`, `attempt` unchanged: not
-their fault). Simulator instability is recorded as
-`sim_unstable`; an episode whose policy request timed out (`Policy.failure_reason` names a
-harness fault after `act()`, as a remote policy does) as `policy_timeout`, the others going on.
+their fault). Simulator instability is recorded as `sim_unstable`; an episode whose policy
+request timed out (`Policy.failure_reason` names a harness fault after `act()`, as a remote
+policy does) as `policy_timeout`, the others going on.
 
 Pipelined rollouts (`pipeline=True`, a policy with `Policy.pipelines`): the slots split into
 two groups, each served by its own lane of the policy (`Policy.pipeline_lanes`). One group's
@@ -291,7 +291,8 @@ class LocalExecutor(Executor):
         free = list(slots)
         while free and pending:
             sent = []
-            for slot in free:
+            # In slot order: a worker serves its envs' requests in that order (`_reschedule`).
+            for slot in sorted(free):
                 if not pending:
                     break
                 episode = next_episode(pending, built[slot])
@@ -379,7 +380,8 @@ def _reschedule(
     """Episodes that ended because another env of their worker broke it: rescheduled as
     they were (`attempt` unchanged). Not their fault: a worker serves its envs' requests in
     the order sent and the runner reads the replies in that order, so the env whose reply
-    never came is the one whose request was being served."""
+    never came is the one whose request was being served (requests go out in slot order,
+    and `evalharness.worker.worker_main` serves ready pipes in that order)."""
     for _, e in reversed(lost):
         pending.appendleft(e)
     for s, e in lost:
