@@ -24,8 +24,9 @@ during inference: ideally 2x lockstep at the same number of workers (the figure
 the processes, which take turns on the cores and then all wait for the server.
 
 Measured on the shared 2-core development machine (docs/remote-policies.md, "Pipelined
-rollouts", has the table): pipelined at 2 workers over lockstep at 2 workers 1.69x and 1.36x
-(`--steps 15`, load average 2.9-4.4 and 3.9-5.7) and 1.75x (`--steps 30`, load 3.9-5.9).
+rollouts", has the table): pipelined at 2 workers over lockstep at 2 workers 1.83x alone on
+the machine (`--repeat 20 --steps 30`, load average 1.8-2.6); shared with a finetuning job,
+1.69x and 1.36x (`--steps 15`, load 2.9-4.4 and 3.9-5.7) and 1.75x (`--steps 30`, load 3.9-5.9).
 
     python benchmarks/remote.py              # 200 repetitions, pipelining with 60-step episodes
     python benchmarks/remote.py --repeat 50 --steps 30
