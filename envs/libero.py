@@ -261,7 +261,8 @@ def saved_mjcf(model: Any, xml: str) -> str:
         if getattr(parsed, size) != getattr(model, size):
             raise ValueError(
                 f"the MJCF given compiles to a model with {size}={getattr(parsed, size)}, "
-                f"the model to save has {size}={getattr(model, size)}; pass the XML it was built from"
+                f"the model to save has {size}={getattr(model, size)}; pass the XML it was "
+                "built from"
             )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.xml")

@@ -348,11 +348,11 @@ def record(config: RecordConfig, policy: Policy | None = None, progress: bool = 
 
     Episode i is `evalharness run --protocol P`'s episode i (`scheduling.task_episode`): init
     state i % 50, the scene the protocol's seeding gives it (so the same scene fingerprint),
-    the same policy seed, recorded after the protocol's warm-up steps. With `only_success`, failed episodes
-    are left out (a task may then get fewer demos, or none: its file is still written).
-    With ``config.num_envs > 1`` the episodes run in that many spawned worker processes, each
-    loading the policy from ``config.policy`` (``policy`` must then be None); the files written
-    are the same as one process writes.
+    the same policy seed, recorded after the protocol's warm-up steps. With `only_success`,
+    failed episodes are left out (a task may then get fewer demos, or none: its file is still
+    written). With ``config.num_envs > 1`` the episodes run in that many spawned worker
+    processes, each loading the policy from ``config.policy`` (``policy`` must then be None);
+    the files written are the same as one process writes.
     """
     from evalharness.policies import load_policy
 

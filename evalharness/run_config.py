@@ -1,9 +1,9 @@
 """What a run is: the resolved `evalharness run` command, and the env stack it implies.
 
 `RunConfig` is the run's input as data (suites, policy string, protocol, tasks, worker
-processes and envs per worker, output directory); `env_configs` turns it and a policy's spec into one `EnvConfig` per suite,
-which every worker builds its wrappers from. Both are validated here, at the boundary, with
-errors that name the flag and the value.
+processes and envs per worker, output directory); `env_configs` turns it and a policy's spec
+into one `EnvConfig` per suite, which every worker builds its wrappers from. Both are
+validated here, at the boundary, with errors that name the flag and the value.
 
 A run may hold several suites (`--suite libero_spatial,libero_object`, or a group such as
 `libero_4`, see `evalharness.envs.suites.SUITE_GROUPS`): one policy, one run directory, each
