@@ -263,3 +263,111 @@ def test_finetune_then_eval_runs_the_finetuned_diffusion_policy(
     assert info["policy_spec"]["image_orientation"] == "upright"
     rows = (run_dir / "episodes.csv").read_text().splitlines()
     assert len(rows) == 2 and (run_dir / "train_log.csv").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the gripper head (``--option gripper_head=true``)
+
+
+def _head_trainer(data: Path, head: str, steps: int = 3) -> Trainer:
+    options = FinetuneOptions(
+        mode="full",
+        steps=steps,
+        batch_size=4,
+        learning_rate=LR,
+        seed=0,
+        family_options={"normalize_obs": "false", "gripper_head": head},
+    )
+    return get_trainer_factory("diffusion")(CKPT, open_dataset(data, SPEC), options)
+
+
+def test_gripper_head_trains_beside_an_unchanged_diffusion_model(tiny_hdf5: Path) -> None:
+    """The head reads detached features and is clipped apart: after the same batches, every
+    robomimic weight (nets and EMA) equals a run without the head, bit for bit."""
+    plain, headed = _head_trainer(tiny_hdf5, "false"), _head_trainer(tiny_hdf5, "true")
+    assert plain.nets.gripper_head is None and headed.nets.gripper_head is not None
+    head_before = {k: v.clone() for k, v in headed.nets.gripper_head.state_dict().items()}
+    batches = list(itertools.islice(_batches(plain, tiny_hdf5, size=4), 3))
+    for batch in batches:
+        plain.train_step(batch)
+        headed.train_step(batch)
+    for which in ("nets", "ema"):
+        a, b = getattr(plain, which).state_dict(), getattr(headed, which).state_dict()
+        assert set(b) - set(a) == {k for k in b if k.startswith("gripper_head.")}
+        for key in a:
+            assert torch.equal(a[key], b[key]), (which, key)
+    head_after = headed.nets.gripper_head.state_dict()
+    assert any(not torch.equal(head_after[k], head_before[k]) for k in head_before)
+
+
+def test_gripper_head_checkpoint_keeps_robomimic_layout_and_act_uses_the_head(
+    tiny_hdf5: Path, tmp_path: Path
+) -> None:
+    """``model.nets``/``model.ema`` hold only robomimic's keys (robomimic loads them
+    strictly); the head sits in ``gripper_head``. Loaded, ``act()`` takes its gripper
+    command from the head, and ``?gripper_head=false`` from the diffusion sample."""
+    from evalharness.policies import load_policy
+    from evalharness.policies.diffusion.policy import DiffusionPolicy
+
+    trainer = _head_trainer(tiny_hdf5, "true", steps=1)
+    path = trainer.save(tmp_path, 1)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    for which in ("nets", "ema"):
+        assert all(k.startswith("policy.") for k in raw["model"][which])
+    assert raw["gripper_head"]["hidden_dim"] == 256
+    head_keys = {f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
+    assert set(raw["gripper_head"]["ema"]) == set(raw["gripper_head"]["nets"]) == head_keys
+    loaded = load_checkpoint(path)  # strict: the head's weights load too
+    assert loaded.config.gripper_head == 256 and loaded.nets.gripper_head is not None
+
+    obs = {
+        "agentview_rgb": np.zeros((2, 2, 84, 84, 3), np.uint8),
+        "eye_in_hand_rgb": np.zeros((2, 2, 84, 84, 3), np.uint8),
+        "joint_states": np.zeros((2, 2, 7), np.float32),
+        "gripper_states": np.zeros((2, 2, 2), np.float32),
+    }
+    tasks = {"language_instruction": ["pick"] * 2, "episode_seed": np.arange(2)}
+    policy = DiffusionPolicy(loaded, missing_obs="passthrough")
+    last = loaded.nets.gripper_head.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    assert np.all(policy.act(obs, tasks)[..., -1] == 1.0)
+    with torch.no_grad():
+        last.bias.fill_(-5.0)
+    assert np.all(policy.act(obs, tasks)[..., -1] == -1.0)
+    sampled = DiffusionPolicy(loaded, missing_obs="passthrough", gripper_head=False)
+    assert sampled.gripper_head is None
+    without = load_checkpoint(path)
+    without.nets.gripper_head = None
+    np.testing.assert_array_equal(
+        sampled.act(obs, tasks), DiffusionPolicy(without, missing_obs="passthrough").act(obs, tasks)
+    )
+    assert load_policy(f"diffusion:{path}?gripper_head=false").gripper_head is None
+
+
+def test_gripper_head_bad_input_is_named(tiny_hdf5: Path, tmp_path: Path) -> None:
+    from evalharness.finetune import FinetuneError
+    from evalharness.policies.common.compat import CheckpointError
+
+    with pytest.raises(FinetuneError, match=r"gripper_head='wide'.*true, false or a hidden width"):
+        _head_trainer(tiny_hdf5, "wide")
+    data = write_tiny_libero_hdf5(tmp_path / "wide.hdf5", 2, 8, 32, action_dim=10)
+    options = FinetuneOptions(
+        mode="full", steps=1, batch_size=2, family_options={"gripper_head": "true"}
+    )
+    with pytest.raises(FinetuneError, match=r"actions are 10-d.*7-d actions"):
+        get_trainer_factory("diffusion")(
+            CKPT, open_dataset(data, {"base": "libero", "action_dim": 10}), options
+        )
+    path = _head_trainer(tiny_hdf5, "true", steps=1).save(tmp_path / "ok", 1)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw["gripper_head"]["hidden_dim"] = "256"
+    torch.save(raw, tmp_path / "bad_width.pth")
+    with pytest.raises(CheckpointError, match=r"bad_width.pth: 'gripper_head'.*hidden_dim='256'"):
+        load_checkpoint(tmp_path / "bad_width.pth")
+    raw["gripper_head"]["hidden_dim"] = 256
+    del raw["gripper_head"]["nets"], raw["gripper_head"]["ema"]
+    torch.save(raw, tmp_path / "no_weights.pth")
+    with pytest.raises(CheckpointError, match=r"no_weights.pth: 'gripper_head' has no 'ema'"):
+        load_checkpoint(tmp_path / "no_weights.pth")

@@ -90,13 +90,13 @@ def tasks(instruction: str) -> dict[str, Any]:
     }
 
 
-def trainer_for(policy: str, data: Path, out: Path, spec: str):
+def trainer_for(policy: str, data: Path, out: Path, spec: str, **family_options: str):
     config = FinetuneConfig(
         policy=policy,
         data=data,
         out_dir=out,
         dataset_spec=spec,
-        options=FinetuneOptions(steps=1, batch_size=1, seed=0),
+        options=FinetuneOptions(steps=1, batch_size=1, seed=0, family_options=family_options),
         progress=False,
     )
     trainer, dataset = build_trainer(config)
@@ -158,12 +158,50 @@ def test_diffusion_target_chunk_is_what_act_returns(diffusion, demos, t):
     trainer, sampler, policy = diffusion
     _, target = trainer.prepare_batch(sampler.batch_for([(EPISODE, t)]))
     # act() samples Tp normalized actions and keeps To-1 .. To-1+Ta-1: give it the target.
-    policy.sample = lambda obs_t, noise, seeds=None: target
+    policy.sample = lambda obs_t, noise, seeds=None, cond=None: target
     window = policy.config.observation_horizon
     obs = env_window(demos, EPISODE, t, window, policy.spec.image_orientation)
     actions = policy.act(obs, tasks("put the tiny red block on the target"))
     expected = demo_actions(demos, EPISODE, t, policy.config.action_horizon)
     np.testing.assert_allclose(actions[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def diffusion_with_gripper_head(demos: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp_head")
+    trainer, dataset, sampler = trainer_for(
+        f"diffusion:{DIFFUSION}", demos, out, "libero_robomimic", gripper_head="true"
+    )
+    return trainer, sampler, saved_policy(trainer, dataset, out)
+
+
+@pytest.mark.parametrize("t", STEPS)
+def test_diffusion_gripper_head_target_is_the_recorded_gripper_act_returns(
+    diffusion_with_gripper_head, demos, t
+):
+    """The head learns "closed" for exactly the recorded steps t .. t+Tp-1 where the demo
+    closes, and ``act()`` turns a head that reproduces its target into the recorded
+    gripper commands of steps t .. t+Ta-1 (its slice and sign)."""
+    trainer, sampler, policy = diffusion_with_gripper_head
+    _, target = trainer.prepare_batch(sampler.batch_for([(EPISODE, t)]))
+    closed = trainer.gripper_closed(target)[0].numpy()
+    horizon = policy.config.prediction_horizon
+    recorded = demo_actions(demos, EPISODE, t - policy.config.observation_horizon + 1, horizon)
+    recorded_from_t = demo_actions(demos, EPISODE, t, policy.config.action_horizon)
+    assert set(np.unique(recorded[:, -1])) <= {-1.0, 1.0}
+    start = policy.config.observation_horizon - 1
+    # The trainer's chunk starts To-1 steps before t (robomimic's), a[0] repeated when padded.
+    np.testing.assert_array_equal(
+        closed[start : start + policy.config.action_horizon], recorded_from_t[:, -1] > 0
+    )
+    if t >= start:
+        np.testing.assert_array_equal(closed, recorded[:, -1] > 0)
+    assert policy.gripper_head is not None
+    policy.gripper_head = lambda cond: torch.as_tensor(2.0 * closed - 1.0)[None]
+    window = policy.config.observation_horizon
+    obs = env_window(demos, EPISODE, t, window, policy.spec.image_orientation)
+    actions = policy.act(obs, tasks("put the tiny red block on the target"))
+    np.testing.assert_array_equal(actions[0, :, -1], recorded_from_t[:, -1])
 
 
 # --------------------------------------------------------------------------------------------

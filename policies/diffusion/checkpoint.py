@@ -16,6 +16,9 @@ Loading steps:
    shared compatibility report; strict by default, ``strict=False`` loads what fits.
    Corrupted weights (NaN/inf, a non-float tensor where a float one belongs) are refused
    either way, naming the file and key; float64/float16 weights are cast to float32.
+4. A ``gripper_head`` entry (``{"hidden_dim", "nets", "ema"}``, written by ``evalharness
+   finetune --option gripper_head=true``; robomimic ignores it) adds the gripper classifier,
+   its weights loaded by the same rules.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from evalharness.policies.common.compat import (
 )
 from evalharness.policies.diffusion.config import DiffusionPolicyConfig
 from evalharness.policies.diffusion.nets import (
+    GRIPPER_HEAD_PREFIX,
     ConditionalUnet1D,
     DiffusionPolicyNets,
+    GripperHead,
     ObservationGroupEncoder,
 )
 
@@ -47,6 +52,7 @@ __all__ = [
     "LoadedCheckpoint",
     "build_nets",
     "canonical_state_dict",
+    "gripper_head_weights",
     "load_checkpoint",
     "load_weights",
     "read_checkpoint_file",
@@ -174,7 +180,29 @@ def build_nets(config: DiffusionPolicyConfig) -> DiffusionPolicyNets:
             f"conditioned on {config.unet.global_cond_dim}; the obs keys/shapes "
             f"{dict(config.obs_shapes)} or the horizon do not match the weights"
         )
-    return DiffusionPolicyNets(encoder, ConditionalUnet1D(config.unet))
+    head = None
+    if config.gripper_head:
+        head = GripperHead(
+            config.unet.global_cond_dim, config.gripper_head, config.prediction_horizon
+        )
+    return DiffusionPolicyNets(encoder, ConditionalUnet1D(config.unet), head)
+
+
+def gripper_head_weights(
+    ckpt: Mapping[str, Any], which: str, source: str = "checkpoint"
+) -> dict[str, Any]:
+    """The ``gripper_head`` entry's ``which`` (``ema`` or ``nets``) state dict, its keys
+    prefixed as in ``DiffusionPolicyNets`` (``gripper_head.net.0.weight``); {} without a head."""
+    entry = ckpt.get("gripper_head")
+    if not isinstance(entry, Mapping):
+        return {}
+    weights = entry.get(which) if entry.get(which) is not None else entry.get("nets")
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(
+            f"{source}: 'gripper_head' has no {which!r} or 'nets' state dict (keys "
+            f"{sorted(entry)}); it is written by `evalharness finetune --option gripper_head=true`"
+        )
+    return {GRIPPER_HEAD_PREFIX + k: v for k, v in weights.items()}
 
 
 def _explainer(checkpoint_keys: set[str]) -> Callable[[str, Any, Any], str | None]:
@@ -278,6 +306,8 @@ def load_checkpoint(
     except CheckpointError as exc:
         raise CheckpointError(f"{source} [{which}]: {exc}") from None
     own = DiffusionPolicyConfig.from_checkpoint(ckpt, state, source) if config is None else config
+    if own.gripper_head:
+        state.update(canonical_state_dict(gripper_head_weights(ckpt, which, source)))
     nets = build_nets(own)
     report = load_weights(nets, state, strict=strict, source=f"{source} [{which}]", key_map=key_map)
     nets.eval()

@@ -19,7 +19,12 @@ from evalharness.policies.common.compat import CheckpointError
 from evalharness.policies.diffusion.nets import UnetDims, VisualCoreSpec
 from evalharness.policies.diffusion.schedulers import SchedulerConfig
 
-__all__ = ["ActionKey", "DiffusionPolicyConfig", "unet_dims_from_state_dict"]
+__all__ = [
+    "ActionKey",
+    "DiffusionPolicyConfig",
+    "gripper_head_width",
+    "unet_dims_from_state_dict",
+]
 
 UNET = "policy.noise_pred_net."
 SUPPORTED_MODALITIES = ("low_dim", "rgb")
@@ -72,11 +77,16 @@ class DiffusionPolicyConfig:
     combine: bool = False
     obs_normalization: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     algo_name: str = "diffusion_policy"
+    gripper_head: int = 0
+    """hidden width of the checkpoint's gripper classifier (``nets.GripperHead``, stored in
+    the checkpoint's ``gripper_head`` entry beside robomimic's); 0: none."""
 
     def __post_init__(self) -> None:
         to, ta, tp = self.observation_horizon, self.action_horizon, self.prediction_horizon
         if min(to, ta, tp) < 1:
             raise ValueError(f"horizons must be >= 1, got To={to}, Ta={ta}, Tp={tp}")
+        if self.gripper_head < 0:
+            raise ValueError(f"gripper_head width must be >= 0 (0: none), got {self.gripper_head}")
         if to - 1 + ta > tp:
             raise ValueError(
                 f"action_horizon {ta} starting at observation_horizon - 1 = {to - 1} runs past "
@@ -156,7 +166,24 @@ class DiffusionPolicyConfig:
             combine=combine,
             obs_normalization=_obs_stats(ckpt.get("obs_normalization_stats"), source),
             algo_name=algo_name,
+            gripper_head=gripper_head_width(ckpt, source),
         )
+
+
+def gripper_head_width(ckpt: Mapping[str, Any], source: str = "checkpoint") -> int:
+    """The hidden width in a checkpoint's ``gripper_head`` entry (0 when it has none)."""
+    entry = ckpt.get("gripper_head")
+    if entry is None:
+        return 0
+    width = entry.get("hidden_dim") if isinstance(entry, Mapping) else None
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise CheckpointError(
+            f"{source}: 'gripper_head' must be a dict with a positive int 'hidden_dim' and the "
+            f"head's 'nets' (and 'ema') state dicts; got "
+            f"{sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__}"
+            f"{'' if not isinstance(entry, Mapping) else f' with hidden_dim={width!r}'}"
+        )
+    return width
 
 
 def _section(tree: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

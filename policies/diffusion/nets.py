@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "GRIPPER_HEAD_PREFIX",
     "ConditionalUnet1D",
     "DiffusionPolicyNets",
+    "GripperHead",
     "ObservationEncoder",
     "ObservationGroupEncoder",
     "ResNetTrunk",
@@ -583,12 +585,56 @@ class ConditionalUnet1D(nn.Module):
         return self.final_conv(x).moveaxis(-1, -2)
 
 
-class DiffusionPolicyNets(nn.Module):
-    """``nets`` of ``DiffusionPolicyUNet``: ``policy.obs_encoder`` and ``policy.noise_pred_net``."""
+#: State-dict prefix of the optional gripper head (not part of robomimic's ``nets``).
+GRIPPER_HEAD_PREFIX = "gripper_head."
 
-    def __init__(self, obs_encoder: ObservationGroupEncoder, noise_pred_net: ConditionalUnet1D):
+
+class GripperHead(nn.Module):
+    """A gripper classifier beside the diffusion model (evalharness's, not robomimic's).
+
+    An MLP from the UNet's conditioning vector (the encoded observation window, To·D) to one
+    open/close logit per step of the predicted trajectory (Tp). The diffusion model's own
+    gripper dimension is a sample from its conditional distribution: near a switch, or after a
+    failed grasp, the denoiser's gripper output lags the demonstrations even when the
+    observation features tell the two cases apart (a linear probe on them does). Trained with
+    binary cross-entropy on detached features, the head changes nothing in the diffusion model
+    and returns the most likely command instead of a sample.
+    """
+
+    def __init__(self, cond_dim: int, hidden_dim: int, horizon: int) -> None:
+        super().__init__()
+        if min(cond_dim, hidden_dim, horizon) < 1:
+            raise ValueError(
+                f"GripperHead sizes must be positive: cond_dim={cond_dim}, "
+                f"hidden_dim={hidden_dim}, horizon={horizon}"
+            )
+        self.net = nn.Sequential(
+            nn.Linear(cond_dim, hidden_dim),
+            nn.Mish(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.Mish(),
+            nn.Linear(hidden_dim, horizon),
+        )
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, To·D) conditioning → (B, Tp) logits of "closed" (LIBERO +1)."""
+        return cast(torch.Tensor, self.net(cond))
+
+
+class DiffusionPolicyNets(nn.Module):
+    """``nets`` of ``DiffusionPolicyUNet``: ``policy.obs_encoder`` and ``policy.noise_pred_net``,
+    plus an optional :class:`GripperHead` (``gripper_head.*``, saved outside robomimic's
+    ``model`` entry so that robomimic still loads the checkpoint)."""
+
+    def __init__(
+        self,
+        obs_encoder: ObservationGroupEncoder,
+        noise_pred_net: ConditionalUnet1D,
+        gripper_head: GripperHead | None = None,
+    ):
         super().__init__()
         self.policy = nn.ModuleDict({"obs_encoder": obs_encoder, "noise_pred_net": noise_pred_net})
+        self.gripper_head = gripper_head
 
     @property
     def obs_encoder(self) -> ObservationGroupEncoder:

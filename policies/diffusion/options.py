@@ -24,6 +24,9 @@ class DiffusionOptions:
     """a checkpoint key the standard observation cannot provide: ``error``, ``zeros`` (feed
     zeros; a smoke test, not an evaluation) or ``passthrough`` (expect the batch to carry the
     key under its own name)."""
+    gripper_head: bool = True
+    """use the checkpoint's gripper classifier, when it has one, for the gripper command
+    (``false``: the diffusion model's own sampled gripper dimension)."""
     resize: Literal["policy", "env"] = "policy"
     """``policy`` resizes images in the adapter (bilinear, antialiased); ``env`` declares the
     sizes so the env's Lanczos ResizeImage wrapper does it. robomimic renders at the training

@@ -8,7 +8,10 @@ Per query, for a batch of envs: map standard observations to the checkpoint's ke
 last ``observation_horizon`` frames, run the configured DDPM/DDIM sampler from per-episode
 noise, keep ``naction[To-1 : To-1+Ta]`` (upstream's executed slice), un-normalize and decode to
 LIBERO's 7-d delta actions (:mod:`.actions`). The runner executes the whole Ta-step chunk before
-asking again, which is robomimic's action queue.
+asking again, which is robomimic's action queue. A checkpoint with a gripper head (written by
+``finetune --option gripper_head=true``) takes the chunk's gripper commands from the head's
+most likely open/close decision instead of the sampled gripper dimension (``?gripper_head=false``
+keeps the sample).
 
 Options: :class:`~evalharness.policies.diffusion.options.DiffusionOptions` (``evalharness
 policies`` lists them). Noise comes from one torch generator per episode, seeded by its
@@ -54,6 +57,7 @@ class DiffusionPolicy(Policy):
         missing_obs: str = "error",
         resize: str = "policy",
         sources: Mapping[str, ObsSource] | None = None,
+        gripper_head: bool = True,
     ) -> None:
         if missing_obs not in MISSING_OBS_MODES:
             raise ValueError(f"missing_obs={missing_obs!r}; expected one of {MISSING_OBS_MODES}")
@@ -64,6 +68,7 @@ class DiffusionPolicy(Policy):
         self.checkpoint = loaded.path
         self.device = torch.device(device)
         self.nets = loaded.nets.to(self.device).eval()
+        self.gripper_head = self.nets.gripper_head if gripper_head else None
         self.scheduler = NoiseScheduler(config.scheduler)
         self.sources = dict(STANDARD_SOURCES if sources is None else sources)
         self.missing_obs = missing_obs
@@ -168,10 +173,13 @@ class DiffusionPolicy(Policy):
         obs_t: Mapping[str, torch.Tensor],
         noise: torch.Tensor,
         generators: Sequence[torch.Generator] | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The full normalized trajectory (B, Tp, Da) from `noise`, as upstream's loop; the
-        schedulers' per-step noise comes from ``generators`` (one per row) when given."""
-        cond = self.nets.encode(obs_t)
+        schedulers' per-step noise comes from ``generators`` (one per row) when given.
+        ``cond`` is ``nets.encode(obs_t)`` when the caller already has it."""
+        if cond is None:
+            cond = self.nets.encode(obs_t)
         gens = None if generators is None else list(generators)
         x = noise
         for t, t_device in self._timesteps:
@@ -186,13 +194,21 @@ class DiffusionPolicy(Policy):
         generators = self.episodes.rows(tasks)
         obs_t = self.prepare(obs, len(generators))
         noise = self.initial_noise(generators)
-        naction = self.sample(obs_t, noise, generators)
+        with torch.inference_mode():
+            cond = self.nets.encode(obs_t)
+        naction = self.sample(obs_t, noise, generators, cond=cond)
         start = self.config.observation_horizon - 1
-        chunk = naction[:, start : start + self.config.action_horizon].float().cpu().numpy()
+        executed = slice(start, start + self.config.action_horizon)
+        chunk = naction[:, executed].float().cpu().numpy()
         parts = split_unnormalize(chunk, self.config.action_keys)
         proprio = obs.get("proprio")
         latest = None if proprio is None else np.asarray(proprio)[:, -1]
-        return decode_to_libero(parts, self.config.action_keys, latest)
+        actions = decode_to_libero(parts, self.config.action_keys, latest)
+        if self.gripper_head is not None:
+            with torch.inference_mode():
+                logits = self.gripper_head(cond)[:, executed].float().cpu().numpy()
+            actions[..., -1] = np.where(logits > 0, 1.0, -1.0)  # LIBERO: +1 closes
+        return actions
 
 
 def obs_normalizers(
@@ -241,4 +257,10 @@ def make_diffusion_policy(path: str | None = None, **options: str) -> Policy:
     device = option_device({"device": opts.device}, _OWNER)
     loaded = load_checkpoint(path, trust=opts.trust, strict=opts.strict, use_ema=opts.ema)
     report_non_strict_load(f"diffusion {path}", loaded.report)
-    return DiffusionPolicy(loaded, device=device, missing_obs=opts.missing_obs, resize=opts.resize)
+    return DiffusionPolicy(
+        loaded,
+        device=device,
+        missing_obs=opts.missing_obs,
+        resize=opts.resize,
+        gripper_head=opts.gripper_head,
+    )

@@ -90,6 +90,12 @@ Conditioning and model size (``docs/learning-from-demos.md`` says why these matt
   ``temperature`` (SpatialSoftmax keypoint temperature, a checkpoint buffer): every camera's
   encoder; ``down_dims`` (``64,128,256``) and ``step_embed_dim``: the UNet. Weights load
   wherever shapes still agree; the adapter resizes frames to the saved size.
+- ``gripper_head`` (the checkpoint's; ``true`` adds one of width 256, or give a width, ``false``
+  drops it): a gripper classifier (``nets.GripperHead``) on the detached observation features,
+  trained with binary cross-entropy on "closed" (LIBERO +1) for every step of the target chunk
+  beside the unchanged ε-prediction loss; gradients are clipped separately, so the diffusion
+  model trains exactly as without it. Saved in the checkpoint's ``gripper_head`` entry;
+  ``act()`` then takes the gripper from it. 7-d LIBERO actions only.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ from evalharness.policies.common.normalization import Gripper, convert_gripper
 from evalharness.policies.common.options import option_device
 from evalharness.policies.diffusion.checkpoint import (
     canonical_state_dict,
+    gripper_head_weights,
     load_weights,
     read_checkpoint_file,
     select_weights,
@@ -128,8 +135,10 @@ from evalharness.policies.diffusion.checkpoint import (
 from evalharness.policies.diffusion.config import ActionKey, DiffusionPolicyConfig
 from evalharness.policies.diffusion.keymap import STANDARD_SOURCES
 from evalharness.policies.diffusion.nets import (
+    GRIPPER_HEAD_PREFIX,
     ConditionalUnet1D,
     DiffusionPolicyNets,
+    GripperHead,
     ObservationEncoder,
     ObservationGroupEncoder,
     UnetDims,
@@ -166,11 +175,14 @@ _OPTIONS = (
     "down_dims",
     "step_embed_dim",
     "temperature",
+    "gripper_head",
 )
 INITS = ("checkpoint", "fresh")
 #: robomimic adds this to each observation dimension's standard deviation, so constant
 #: dimensions do not divide by zero.
 OBS_STD_TOLERANCE = 1e-3
+#: Hidden width of the gripper head that ``gripper_head=true`` adds.
+GRIPPER_HEAD_WIDTH = 256
 #: diffusers 0.11.1 EMAModel defaults that robomimic keeps.
 EMA_MAX_DECAY = 0.9999
 
@@ -384,8 +396,12 @@ class DiffusionTrainer:
         loss = self._loss(obs, actions, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in self.nets.parameters() if p.requires_grad]
+        head = self.nets.gripper_head
+        head_params = set() if head is None else {id(p) for p in head.parameters()}
+        params = [p for p in self.nets.parameters() if p.requires_grad and id(p) not in head_params]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, float(self.options.clip_gradient))
+        if head is not None:  # clipped apart, so the head leaves the diffusion updates alone
+            torch.nn.utils.clip_grad_norm_(head.parameters(), float(self.options.clip_gradient))
         self.optimizer.step()
         self._ema_update()
         self.step += 1
@@ -468,7 +484,17 @@ class DiffusionTrainer:
         noisy = alpha.sqrt() * actions + (1 - alpha).sqrt() * noise
         pred = nets.noise_pred_net(noisy, steps, cond)
         target = noise if self.config.scheduler.prediction_type == "epsilon" else actions
-        return F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, target)
+        if nets.gripper_head is not None:
+            logits = nets.gripper_head(cond.detach())
+            loss = loss + F.binary_cross_entropy_with_logits(logits, self.gripper_closed(actions))
+        return loss
+
+    def gripper_closed(self, actions: torch.Tensor) -> torch.Tensor:
+        """The gripper head's targets (B, Tp): 1 where the normalized chunk's gripper command
+        un-normalizes to "closed" (LIBERO > 0), else 0."""
+        raw = actions[..., -1] * self.scale[-1] + self.offset[-1]
+        return (raw > 0).to(actions.dtype)
 
     def eval_loss(self, batch: Mapping[str, Any], seed: int = 0, ema: bool = False) -> float:
         """The loss on ``batch`` with fixed noise (``seed``), without updating anything."""
@@ -557,9 +583,11 @@ class DiffusionTrainer:
     def checkpoint_dict(self, step: int, ema: DiffusionPolicyNets | None) -> dict[str, Any]:
         """robomimic's ``TrainUtils.save_model`` dict (tensors, lists and strings only)."""
         key = self.config.action_keys[0]
-        model: dict[str, Any] = {"nets": _detached(self.nets.state_dict())}
+        nets_state, head_nets = _split_head(self.nets.state_dict())
+        model: dict[str, Any] = {"nets": nets_state}
+        head_ema: dict[str, torch.Tensor] | None = None
         if ema is not None:
-            model["ema"] = _detached(ema.state_dict())
+            model["ema"], head_ema = _split_head(ema.state_dict())
         shapes = {k: list(v) for k, v in self.config.obs_shapes.items()}
         out: dict[str, Any] = {
             "model": model,
@@ -578,6 +606,11 @@ class DiffusionTrainer:
                 key.name: {"scale": [list(key.scale or ())], "offset": [list(key.offset or ())]}
             },
         }
+        if self.config.gripper_head:
+            # Outside ``model``: robomimic loads ``model.nets`` strictly and ignores this entry.
+            out["gripper_head"] = {"hidden_dim": self.config.gripper_head, "nets": head_nets}
+            if head_ema is not None:
+                out["gripper_head"]["ema"] = head_ema
         if self.config.obs_normalization:
             out["obs_normalization_stats"] = {
                 key: {"offset": np.asarray(offset).tolist(), "scale": np.asarray(scale).tolist()}
@@ -604,6 +637,19 @@ class _DiffusionLoss(torch.nn.Module):
 
 def _detached(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _split_head(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(robomimic's ``policy.*`` weights, the gripper head's weights without its prefix)."""
+    head = {
+        k[len(GRIPPER_HEAD_PREFIX) :]: v
+        for k, v in state.items()
+        if k.startswith(GRIPPER_HEAD_PREFIX)
+    }
+    rest = {k: v for k, v in state.items() if not k.startswith(GRIPPER_HEAD_PREFIX)}
+    return _detached(rest), _detached(head)
 
 
 def _random_crop(
@@ -737,6 +783,42 @@ def _unet_dims(dims: UnetDims, family: Mapping[str, str], changes: list[str]) ->
     return out
 
 
+def _gripper_head_option(
+    family: Mapping[str, str], current: int, action_dim: int, changes: list[str]
+) -> int:
+    """The gripper head's width: ``gripper_head`` = true (256), false (0) or a width; the
+    checkpoint's own when not given."""
+    text = family.get("gripper_head")
+    if text is None:
+        width = current
+    elif str(text).lower() in ("true", "1", "yes", "on"):
+        width = current or GRIPPER_HEAD_WIDTH
+    elif str(text).lower() in ("false", "0", "no", "off"):
+        width = 0
+    else:
+        try:
+            width = int(text)
+        except ValueError:
+            width = -1
+        if width < 1:
+            raise FinetuneError(
+                f"diffusion finetune option gripper_head={text!r}: expected true, false or a "
+                f"hidden width (e.g. {GRIPPER_HEAD_WIDTH})"
+            )
+    if width and action_dim != 7:
+        raise FinetuneError(
+            f"diffusion finetune option gripper_head: the data's actions are {action_dim}-d; the "
+            "gripper head predicts LIBERO's gripper command, the last of 7-d actions (delta xyz, "
+            "delta axis-angle, gripper)"
+        )
+    if width != current:
+        changes.append(
+            f"gripper head: {current or 'none'} → {width or 'none'} (a classifier on the "
+            "observation features gives the gripper command)"
+        )
+    return width
+
+
 def _edit_config(
     raw: Mapping[str, Any], config: DiffusionPolicyConfig, data_path: str
 ) -> dict[str, Any]:
@@ -806,6 +888,8 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
         nets_state, which = select_weights(ckpt["model"], str(path), use_ema=False)
         state = canonical_state_dict(nets_state)
         old = DiffusionPolicyConfig.from_checkpoint(ckpt, state, str(path))
+        if old.gripper_head:
+            state.update(canonical_state_dict(gripper_head_weights(ckpt, which, str(path))))
     except CheckpointError as exc:
         raise FinetuneError(str(exc)) from None
     raw_value = ckpt["config"]
@@ -867,6 +951,7 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
     obs_shapes = {k: v for k, v in old.obs_shapes.items() if k in routes}
     visual = {k: v for k, v in old.visual.items() if k in routes}
     obs_shapes, visual = _resize_cameras(obs_shapes, visual, family, changes)
+    head_width = _gripper_head_option(family, old.gripper_head, action_dim, changes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(options.seed))
         encoder = ObservationGroupEncoder(obs_shapes, visual, combine=old.combine)
@@ -893,10 +978,14 @@ def from_pretrained(checkpoint: str, dataset: Any, options: Any) -> DiffusionTra
                 action_horizon=ta,
                 prediction_horizon=tp,
                 obs_normalization=obs_stats,
+                gripper_head=head_width,
             )
         except ValueError as exc:
             raise FinetuneError(f"diffusion finetune: {exc}") from None
-        nets = DiffusionPolicyNets(encoder, ConditionalUnet1D(unet))
+        unet_net = ConditionalUnet1D(unet)
+        # Built last, so the encoder's and the UNet's initial weights do not depend on it.
+        head = GripperHead(unet.global_cond_dim, head_width, tp) if head_width else None
+        nets = DiffusionPolicyNets(encoder, unet_net, head)
     init = family.get("init", "checkpoint")
     if init not in INITS:
         raise FinetuneError(
