@@ -371,3 +371,22 @@ def test_gripper_head_bad_input_is_named(tiny_hdf5: Path, tmp_path: Path) -> Non
     torch.save(raw, tmp_path / "no_weights.pth")
     with pytest.raises(CheckpointError, match=r"no_weights.pth: 'gripper_head' has no 'ema'"):
         load_checkpoint(tmp_path / "no_weights.pth")
+
+
+def test_the_learning_recipe_finetunes_and_loads(tiny_hdf5: Path, tmp_path: Path) -> None:
+    """The family's documented recipe (``docs/learning-from-demos.md``, the benchmark's) is
+    accepted as a whole and yields a checkpoint with its gripper head and Ta = 2."""
+    from evalharness.cli import main
+    from evalharness.policies import load_policy
+    from evalharness.policies.diffusion.family import example
+
+    recipe = example(FIXTURE.parent)
+    assert recipe.learning_recipe and recipe.finetune_data == SPEC
+    out = tmp_path / "recipe"
+    args = ["finetune", "--policy", recipe.finetune, "--data", str(tiny_hdf5)]
+    args += ["--dataset-spec", recipe.finetune_data]
+    args += [*recipe.learning_recipe, "--steps", "2", "--batch-size", "4", "--out", str(out)]
+    assert main([*args, "--no-progress", "--open-loop-demos", "0"]) == 0
+    policy = load_policy(f"diffusion:{out / 'model.pth'}")
+    assert policy.gripper_head is not None
+    assert policy.spec.exec_horizon == policy.config.action_horizon == 2

@@ -20,15 +20,23 @@ EXAMPLE_CHECKPOINT = Path("robomimic_dp_tiny") / "model.pth"
 @contextlib.contextmanager
 def cheap_network(policy: Policy) -> Iterator[None]:
     """The initial noise as the trajectory: no image processing, no encoder, no denoising
-    steps; the noise is still drawn from each episode's generator."""
+    steps, no gripper head; the noise is still drawn from each episode's generator."""
 
     def no_inputs(obs: Any, batch: int) -> dict[str, Any]:
         return {}
 
-    def noise_only(obs_t: Any, noise: Any, generators: Any = None) -> Any:
+    def no_features(obs_t: Any) -> None:
+        return None
+
+    def noise_only(obs_t: Any, noise: Any, generators: Any = None, cond: Any = None) -> Any:
         return noise
 
-    with replaced(policy, "prepare", no_inputs), replaced(policy, "sample", noise_only):
+    with (
+        replaced(policy, "prepare", no_inputs),
+        replaced(policy, "encode", no_features),
+        replaced(policy, "sample", noise_only),
+        replaced(policy, "gripper_head", None),
+    ):
         yield
 
 
@@ -60,6 +68,7 @@ def example(fixtures: Path) -> PolicyExample:
             *("--mode", "full", "--steps", "3000", "--batch-size", "32", "--lr", "1e-3"),
             *("--option", "init=fresh", "--option", "image_size=64", "--option", "temperature=0.1"),
             *("--option", "down_dims=64,128,256", "--option", "step_embed_dim=64"),
+            *("--option", "gripper_head=true", "--option", "action_horizon=2"),
         ),
         cheap_network=cheap_network,
     )

@@ -168,6 +168,11 @@ class DiffusionPolicy(Policy):
         return torch.stack(rows).to(self.device)
 
     @torch.inference_mode()
+    def encode(self, obs_t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The UNet's conditioning (B, To·D): the encoded observation window."""
+        return self.nets.encode(obs_t)
+
+    @torch.inference_mode()
     def sample(
         self,
         obs_t: Mapping[str, torch.Tensor],
@@ -194,8 +199,7 @@ class DiffusionPolicy(Policy):
         generators = self.episodes.rows(tasks)
         obs_t = self.prepare(obs, len(generators))
         noise = self.initial_noise(generators)
-        with torch.inference_mode():
-            cond = self.nets.encode(obs_t)
+        cond = self.encode(obs_t)
         naction = self.sample(obs_t, noise, generators, cond=cond)
         start = self.config.observation_horizon - 1
         executed = slice(start, start + self.config.action_horizon)
