@@ -12,7 +12,9 @@ adapter breaks one of these tests:
 - swapping a spec's ``stored_orientation`` or a trainer's image rotation fails the
   ``..._sees_the_frames_act_shows`` tests (the frames differ);
 - swapping a gripper conversion (data side or adapter side) fails the
-  ``..._target_chunk_is_what_act_returns`` tests (gripper −1/+1 against 1/0 or the reverse).
+  ``..._target_chunk_is_what_act_returns`` tests (gripper −1/+1 against 1/0 or the reverse),
+  and for the diffusion gripper head ``..._gripper_head_target_is_the_recorded_gripper_...``,
+  which also fails when ``act()`` reads the head's decision the wrong way round.
 
 The networks are never run: ``act()``'s sampler is replaced by one that returns the trainer's
 own normalized target, so the test checks the path around the network, exactly.
