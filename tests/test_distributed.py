@@ -155,11 +155,19 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 DIFFUSION = FIXTURES / "robomimic_dp_tiny" / "model.pth"
-#: family -> (policy string, dataset spec, finetune mode, fixture)
+#: case -> (policy string, dataset spec, finetune mode, fixture, family options)
 TORCH_CASES = {
-    "octo_pt": (f"octo_pt:{OCTO}", "libero", "head_only", OCTO),
+    "octo_pt": (f"octo_pt:{OCTO}", "libero", "head_only", OCTO, {}),
     # The random crops feed the encoder's conditioning: the loss shows their draws match.
-    "diffusion": (f"diffusion:{DIFFUSION}", "libero_robomimic", "head_only", DIFFUSION),
+    "diffusion": (f"diffusion:{DIFFUSION}", "libero_robomimic", "head_only", DIFFUSION, {}),
+    # The gripper head's parameters are averaged across ranks like the others.
+    "diffusion_gripper_head": (
+        f"diffusion:{DIFFUSION}",
+        "libero_robomimic",
+        "head_only",
+        DIFFUSION,
+        {"gripper_head": "true"},
+    ),
 }
 
 
@@ -169,10 +177,17 @@ def test_two_gloo_ranks_take_the_steps_of_one_process(family, tiny_hdf5, tmp_pat
     pytest.importorskip("torch")
     from ddp_ranks import run_ranks
 
-    policy, spec, mode, fixture = TORCH_CASES[family]
+    policy, spec, mode, fixture, family_options = TORCH_CASES[family]
     if not fixture.exists():
         pytest.skip("shared fixtures not present")
-    config = _config(policy, tiny_hdf5, tmp_path / "ckpt", dataset_spec=spec, mode=mode)
+    config = _config(
+        policy,
+        tiny_hdf5,
+        tmp_path / "ckpt",
+        dataset_spec=spec,
+        mode=mode,
+        family_options=family_options,
+    )
     (single,) = run_ranks(config, STEPS, 1, tmp_path / "one")
     ranks = run_ranks(config, STEPS, 2, tmp_path / "two")
     want = np.asarray(single["losses"])
