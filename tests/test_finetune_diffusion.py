@@ -352,6 +352,8 @@ def test_gripper_head_bad_input_is_named(tiny_hdf5: Path, tmp_path: Path) -> Non
 
     with pytest.raises(FinetuneError, match=r"gripper_head='wide'.*true, false or a hidden width"):
         _head_trainer(tiny_hdf5, "wide")
+    assert _head_trainer(tiny_hdf5, "64", steps=1).config.gripper_head == 64
+    assert _head_trainer(tiny_hdf5, "off", steps=1).nets.gripper_head is None
     data = write_tiny_libero_hdf5(tmp_path / "wide.hdf5", 2, 8, 32, action_dim=10)
     options = FinetuneOptions(
         mode="full", steps=1, batch_size=2, family_options={"gripper_head": "true"}

@@ -175,13 +175,16 @@ def gripper_head_width(ckpt: Mapping[str, Any], source: str = "checkpoint") -> i
     entry = ckpt.get("gripper_head")
     if entry is None:
         return 0
-    width = entry.get("hidden_dim") if isinstance(entry, Mapping) else None
+    expected = "a dict with a positive int 'hidden_dim' and the head's 'nets' (and 'ema')"
+    if not isinstance(entry, Mapping):
+        raise CheckpointError(
+            f"{source}: 'gripper_head' is a {type(entry).__name__}; expected {expected}"
+        )
+    width = entry.get("hidden_dim")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise CheckpointError(
-            f"{source}: 'gripper_head' must be a dict with a positive int 'hidden_dim' and the "
-            f"head's 'nets' (and 'ema') state dicts; got "
-            f"{sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__}"
-            f"{'' if not isinstance(entry, Mapping) else f' with hidden_dim={width!r}'}"
+            f"{source}: 'gripper_head' has hidden_dim={width!r} (keys {sorted(entry)}); "
+            f"expected {expected}"
         )
     return width
 

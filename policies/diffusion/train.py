@@ -90,8 +90,8 @@ Conditioning and model size (``docs/learning-from-demos.md`` says why these matt
   ``temperature`` (SpatialSoftmax keypoint temperature, a checkpoint buffer): every camera's
   encoder; ``down_dims`` (``64,128,256``) and ``step_embed_dim``: the UNet. Weights load
   wherever shapes still agree; the adapter resizes frames to the saved size.
-- ``gripper_head`` (the checkpoint's; ``true`` adds one of width 256, or give a width, ``false``
-  drops it): a gripper classifier (``nets.GripperHead``) on the detached observation features,
+- ``gripper_head`` (the checkpoint's; ``true`` adds one of width 256, a number >= 2 gives the
+  width, ``false`` drops it): a gripper classifier (``nets.GripperHead``) on the detached observation features,
   trained with binary cross-entropy on "closed" (LIBERO +1) for every step of the target chunk
   beside the unchanged ε-prediction loss; gradients are clipped separately, so the diffusion
   model trains exactly as without it. Saved in the checkpoint's ``gripper_head`` entry;
@@ -356,6 +356,11 @@ class DiffusionTrainer:
         for name, param in nets.named_parameters():
             param.requires_grad_(not (frozen and name.startswith(FROZEN_PREFIX)))
         self.ema = copy.deepcopy(nets).eval().requires_grad_(False)
+        head = nets.gripper_head
+        self._head_params = [] if head is None else list(head.parameters())
+        in_head = {id(p) for p in self._head_params}
+        #: The parameters clipped together (robomimic's); the gripper head's are clipped apart.
+        self._clipped = [p for p in nets.parameters() if p.requires_grad and id(p) not in in_head]
         decay: list[torch.nn.Parameter] = []
         plain: list[torch.nn.Parameter] = []
         for _, param in nets.named_parameters():
@@ -396,12 +401,10 @@ class DiffusionTrainer:
         loss = self._loss(obs, actions, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        head = self.nets.gripper_head
-        head_params = set() if head is None else {id(p) for p in head.parameters()}
-        params = [p for p in self.nets.parameters() if p.requires_grad and id(p) not in head_params]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, float(self.options.clip_gradient))
-        if head is not None:  # clipped apart, so the head leaves the diffusion updates alone
-            torch.nn.utils.clip_grad_norm_(head.parameters(), float(self.options.clip_gradient))
+        clip = float(self.options.clip_gradient)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._clipped, clip)
+        if self._head_params:  # clipped apart, so the head leaves the diffusion updates alone
+            torch.nn.utils.clip_grad_norm_(self._head_params, clip)
         self.optimizer.step()
         self._ema_update()
         self.step += 1
@@ -788,23 +791,20 @@ def _gripper_head_option(
 ) -> int:
     """The gripper head's width: ``gripper_head`` = true (256), false (0) or a width; the
     checkpoint's own when not given."""
-    text = family.get("gripper_head")
-    if text is None:
+    text = str(family.get("gripper_head", "")).strip()
+    if not text:
         width = current
-    elif str(text).lower() in ("true", "1", "yes", "on"):
-        width = current or GRIPPER_HEAD_WIDTH
-    elif str(text).lower() in ("false", "0", "no", "off"):
-        width = 0
+    elif text.isdigit() and int(text) > 1:
+        width = int(text)
     else:
         try:
-            width = int(text)
-        except ValueError:
-            width = -1
-        if width < 1:
+            on = option_bool(family, "gripper_head", False, "diffusion")
+        except FinetuneError:
             raise FinetuneError(
                 f"diffusion finetune option gripper_head={text!r}: expected true, false or a "
-                f"hidden width (e.g. {GRIPPER_HEAD_WIDTH})"
-            )
+                f"hidden width >= 2 (e.g. {GRIPPER_HEAD_WIDTH})"
+            ) from None
+        width = (current or GRIPPER_HEAD_WIDTH) if on else 0
     if width and action_dim != 7:
         raise FinetuneError(
             f"diffusion finetune option gripper_head: the data's actions are {action_dim}-d; the "
